@@ -1,0 +1,1 @@
+"""Test support: fixtures that start real components (sshd fleet, Pebble, SMTP, HTTP)."""

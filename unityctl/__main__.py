@@ -1,0 +1,3 @@
+from unityctl.cli import main
+
+main()

@@ -1,0 +1,147 @@
+"""Rendering: one JSON document on stdout with ``--json``, rich tables for people otherwise.
+
+stdout carries data only; messages, warnings and progress go to stderr. Colour is off with
+``--json``, ``--no-color``, ``NO_COLOR``, or when the stream is not a terminal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, (dt.date, dt.timedelta)):
+        return str(value)
+    if isinstance(value, (Path, enum.Enum)):
+        return str(value.value if isinstance(value, enum.Enum) else value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def dumps(document: Any) -> str:
+    return json.dumps(document, default=json_default, indent=2, sort_keys=False)
+
+
+def _color_wanted(stream: Any, no_color: bool) -> bool:
+    if no_color or "NO_COLOR" in os.environ:
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+class Output:
+    """Where a command writes. Created once per invocation from the global options."""
+
+    def __init__(self, *, json_mode: bool = False, quiet: bool = False, verbose: bool = False,
+                 no_color: bool = False) -> None:
+        self.json_mode = json_mode
+        self.quiet = quiet
+        self.verbose = verbose
+        color_out = not json_mode and _color_wanted(sys.stdout, no_color)
+        color_err = _color_wanted(sys.stderr, no_color)
+        self.out = Console(file=sys.stdout, color_system="auto" if color_out else None, no_color=not color_out,
+                           highlight=False, soft_wrap=not sys.stdout.isatty(), emoji=False)
+        self.err = Console(file=sys.stderr, color_system="auto" if color_err else None, no_color=not color_err,
+                           highlight=False, emoji=False)
+
+    @property
+    def interactive(self) -> bool:
+        """True when a person watches stderr (progress bars make sense)."""
+        return sys.stderr.isatty() and not self.quiet
+
+    def emit(self, document: Any, render: Callable[[Console], None] | None = None) -> None:
+        """Print a command's result: JSON when asked, else ``render`` (or a plain key/value view)."""
+        if self.json_mode:
+            sys.stdout.write(dumps(document) + "\n")
+            sys.stdout.flush()
+        elif render is not None:
+            render(self.out)
+        else:
+            self.out.print(_plain(document), markup=False)
+
+    def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None,
+              empty: str = "nothing to show") -> Table | None:
+        """Print a table of rows (text mode only); prints ``empty`` on stderr when there are no rows."""
+        rows = list(rows)
+        if not rows:
+            self.note(empty)
+            return None
+        table = Table(title=title, header_style="bold", show_lines=False)
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*("" if cell is None else str(cell) for cell in row))
+        self.out.print(table)
+        return table
+
+    def note(self, message: str) -> None:
+        """An informational message on stderr (hidden by --quiet)."""
+        if not self.quiet:
+            self.err.print(message, markup=False, highlight=False)
+
+    def success(self, message: str) -> None:
+        if not self.quiet and not self.json_mode:
+            self.err.print(message, markup=False, style="green")
+        elif not self.quiet:
+            self.err.print(message, markup=False)
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"warning: {message}", markup=False, style="yellow")
+
+    def debug(self, message: str) -> None:
+        if self.verbose:
+            self.err.print(message, markup=False, style="dim")
+
+
+def _plain(document: Any, indent: int = 0) -> str:
+    pad = "  " * indent
+    if isinstance(document, dict):
+        lines = []
+        for key, value in document.items():
+            if isinstance(value, (dict, list)) and value:
+                lines.append(f"{pad}{key}:")
+                lines.append(_plain(value, indent + 1))
+            else:
+                lines.append(f"{pad}{key}: {_scalar(value)}")
+        return "\n".join(lines)
+    if isinstance(document, list):
+        return "\n".join(f"{pad}- {_plain(item, 0) if not isinstance(item, (dict, list)) else chr(10) + _plain(item, indent + 1)}"
+                         for item in document)
+    return f"{pad}{_scalar(document)}"
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dt.datetime):
+        return json_default(value)
+    if isinstance(value, (list, dict)):
+        return "[]" if isinstance(value, list) else "{}"
+    return str(value)
+
+
+def ago(when: dt.datetime | None, now: dt.datetime | None = None) -> str:
+    """"5m ago" style age for tables; "-" for never."""
+    if when is None:
+        return "-"
+    from unityctl.core.durations import format_seconds
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    delta = (now - when).total_seconds()
+    return f"{format_seconds(delta)} ago" if delta >= 0 else f"in {format_seconds(-delta)}"

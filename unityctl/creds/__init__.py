@@ -1,0 +1,1 @@
+"""Credentials: SSH keys, server logins, SSH CA, TLS certificates."""

@@ -1,0 +1,1 @@
+"""The daemon: the collection, notification and housekeeping loops on timers."""

@@ -1,0 +1,22 @@
+"""The registry of domains: which modules hold tables, which contribute to `unityctl status`.
+
+Listing them here (as import paths, imported only when needed) keeps one SQLModel metadata for
+Alembic and lets `unityctl status` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+MODEL_MODULES = [
+    "unityctl.core.models",
+]
+
+# Each module has `status_summary(session) -> dict` (plain data for `unityctl status`).
+STATUS_PROVIDERS: list[tuple[str, str]] = []
+
+
+def import_models() -> None:
+    """Import every module that defines tables, so SQLModel.metadata is complete."""
+    for name in MODEL_MODULES:
+        importlib.import_module(name)

@@ -1,0 +1,1 @@
+"""Infrastructure monitoring: servers, disks, pools, arrays, databases."""
