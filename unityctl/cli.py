@@ -6,26 +6,50 @@ Exit codes: 0 ok, 1 error, 2 usage or configuration error, 3 partial failure of 
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-from unityctl.containers.cli import app as containers_app
-from unityctl.core.cli import alerts as alerts_cli
-from unityctl.core.cli import audit as audit_cli
-from unityctl.core.cli import config as config_cli
-from unityctl.core.cli import db as db_cli
-from unityctl.core.cli import secrets as secrets_cli
 from unityctl.core.cli import system
 from unityctl.core.context import AppContext
-from unityctl.creds.cli import app as creds_app
-from unityctl.daemon.cli import app as daemon_app
-from unityctl.infra.cli import app as infra_app
+
+# Command groups, imported only when used: building every group's commands costs start-up time
+# that `unityctl version` or a cron job running one command should not pay.
+GROUPS: dict[str, tuple[str, str]] = {
+    "creds": ("unityctl.creds.cli", "Credentials: SSH keys, server logins, SSH CA, TLS certificates."),
+    "infra": ("unityctl.infra.cli", "Monitored servers: health, disks, pools, arrays, databases."),
+    "containers": ("unityctl.containers.cli", "Container hosts, update detection and safe updates (not built yet)."),
+    "alerts": ("unityctl.core.cli.alerts", "Alerts (open, acknowledged, resolved) and notification channels."),
+    "audit": ("unityctl.core.cli.audit", "The tamper-evident audit log of every change."),
+    "db": ("unityctl.core.cli.db", "Database schema: upgrade, downgrade, current revision, drift check."),
+    "config": ("unityctl.core.cli.config", "Configuration: show the effective settings, validate a file."),
+    "secrets": ("unityctl.core.cli.secrets", "Encrypted secrets and the master key."),
+    "daemon": ("unityctl.daemon.cli", "Run the timed jobs (collection, notifications, housekeeping)."),
+}
+
+
+class LazyGroup(TyperGroup):
+    """The root group: the commands defined here, plus GROUPS loaded on first use."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *GROUPS]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in GROUPS:
+            module = importlib.import_module(GROUPS[cmd_name][0])
+            command = typer.main.get_command(module.app)
+            command.name = cmd_name
+            return command
+        return super().get_command(ctx, cmd_name)
+
 
 app = typer.Typer(
+    cls=LazyGroup,
     name="unityctl",
     help="Run a whole homelab from one place: credentials, servers, disks, containers.",
     no_args_is_help=True,
@@ -64,15 +88,6 @@ def root(
 app.command()(system.init)
 app.command()(system.status)
 app.command()(system.version)
-app.add_typer(creds_app, name="creds")
-app.add_typer(infra_app, name="infra")
-app.add_typer(containers_app, name="containers")
-app.add_typer(alerts_cli.app, name="alerts")
-app.add_typer(audit_cli.app, name="audit")
-app.add_typer(db_cli.app, name="db")
-app.add_typer(config_cli.app, name="config")
-app.add_typer(secrets_cli.app, name="secrets")
-app.add_typer(daemon_app, name="daemon")
 
 
 def _fail(message: str, code: int) -> int:
@@ -81,25 +96,52 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code (the tests call this; ``main`` exits with it)."""
+def _click_exceptions() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...],
+                                 tuple[type[BaseException], ...]]:
+    """(exit, abort, usage) exception classes of click and of the click copy that typer vendors.
+
+    Typer >= 0.28 parses the command line with its own copy of click (``typer._click``), whose
+    exceptions are not click's: both must be mapped, or a usage error looks "unexpected".
+    """
     import click
 
+    exits: list[type[BaseException]] = [click.exceptions.Exit, typer.Exit]
+    aborts: list[type[BaseException]] = [click.exceptions.Abort, typer.Abort]
+    usage: list[type[BaseException]] = [click.ClickException]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:  # older typer: plain click
+        pass
+    else:
+        usage.append(vendored.ClickException)
+    return tuple(exits), tuple(aborts), tuple(usage)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (the tests call this; ``main`` exits with it)."""
     from unityctl.core.errors import EXIT_ERROR, EXIT_USAGE, UnityctlError
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    exit_classes, abort_classes, click_classes = _click_exceptions()
     try:
         result = app(args=argv, prog_name="unityctl", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except UnityctlError as exc:
         return _fail(f"error: {exc.message}", exc.exit_code)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except exit_classes as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except abort_classes:
         return _fail("aborted", EXIT_ERROR)
-    except click.ClickException as exc:
-        exc.show(file=sys.stderr)
-        return exc.exit_code if exc.exit_code else EXIT_USAGE
+    except click_classes as exc:
+        code = getattr(exc, "exit_code", None) or EXIT_USAGE
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # `unityctl` or `unityctl alerts` alone: the help is the answer (exit 2, like click).
+            exc.show(file=sys.stderr)  # type: ignore[attr-defined]
+            return code
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        return _fail(f"error: {message}{hint}", code)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except BrokenPipeError:

@@ -287,6 +287,17 @@ def test_no_certbot_directories_are_left_behind(pebble, tmp_path, monkeypatch) -
     assert list(tmp_path.iterdir()) == []
 
 
+def test_repeated_issuances_leak_no_file_descriptors_or_certbot_locks(pebble) -> None:
+    import certbot.util
+
+    acme.issue(request_for(pebble, "warmup.example.org"))  # first call opens lasting sockets etc.
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(2):
+        acme.issue(request_for(pebble, f"leak{i}.example.org"))
+    assert len(os.listdir("/proc/self/fd")) <= before
+    assert not [p for p in certbot.util._LOCKS if "unityctl-certbot-" in str(p)]
+
+
 def test_two_issuances_in_parallel_threads_do_not_collide(pebble) -> None:
     # Distinct standalone ports: both runs really bind their http-01 listener.
     from certbot._internal.error_handler import ErrorHandler

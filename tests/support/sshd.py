@@ -137,20 +137,31 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _kill_tree(pid: int, timeout: float = 5.0) -> None:
-    """SIGTERM ``pid`` and its descendants, SIGKILL what is left after ``timeout``."""
-    tree = _process_tree(pid)
+def _signal_and_wait(pids: list[int], timeout: float) -> None:
+    """SIGTERM ``pids``, SIGKILL whatever is still alive after ``timeout``."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in tree:
+        for p in pids:
             try:
                 os.kill(p, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_alive(p) for p in tree):
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
             time.sleep(0.02)
-        if not any(_alive(p) for p in tree):
+        if not any(_alive(p) for p in pids):
             return
+
+
+def _kill_tree(pid: int, timeout: float = 5.0) -> None:
+    """Kill ``pid``'s descendants, then ``pid`` itself.
+
+    Descendants first, so their parents are still alive to reap them: killed together, the
+    orphans would be re-parented to a pid 1 that (in some containers) never reaps zombies.
+    """
+    descendants = _process_tree(pid)[1:]
+    if descendants:
+        _signal_and_wait(descendants, timeout)
+    _signal_and_wait([pid], timeout)
 
 
 def _run(argv: list[str], *, input: str | None = None) -> None:

@@ -148,13 +148,21 @@ def _pem(key: object, fmt: serialization.PrivateFormat, password: bytes | None =
     return key.private_bytes(serialization.Encoding.PEM, fmt, encryption)  # type: ignore[attr-defined]
 
 
+def _rsa() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 2048)
+
+
+_TRADITIONAL = serialization.PrivateFormat.TraditionalOpenSSL  # PKCS#1 for RSA, SEC1 for EC
+_PKCS8 = serialization.PrivateFormat.PKCS8
+
+
 @pytest.mark.parametrize(
     ("make", "fmt", "label"),
     [
-        (lambda: rsa.generate_private_key(65537, 2048), serialization.PrivateFormat.TraditionalOpenSSL, b"RSA PRIVATE KEY"),
-        (lambda: rsa.generate_private_key(65537, 2048), serialization.PrivateFormat.PKCS8, b"PRIVATE KEY"),
-        (lambda: ec.generate_private_key(ec.SECP256R1()), serialization.PrivateFormat.TraditionalOpenSSL, b"EC PRIVATE KEY"),
-        (lambda: ec.generate_private_key(ec.SECP521R1()), serialization.PrivateFormat.PKCS8, b"PRIVATE KEY"),
+        (_rsa, _TRADITIONAL, b"RSA PRIVATE KEY"),
+        (_rsa, _PKCS8, b"PRIVATE KEY"),
+        (lambda: ec.generate_private_key(ec.SECP256R1()), _TRADITIONAL, b"EC PRIVATE KEY"),
+        (lambda: ec.generate_private_key(ec.SECP521R1()), _PKCS8, b"PRIVATE KEY"),
     ],
     ids=["pkcs1-rsa", "pkcs8-rsa", "sec1-ec", "pkcs8-ec"],
 )
@@ -207,6 +215,20 @@ def test_a_dsa_key_is_importable_and_flagged_deprecated(tmp_path: Path) -> None:
     pub = tmp_path / "dsa.pub"
     pub.write_text(material.public_openssh + "\n")
     assert _keygen_fingerprint(pub)[1] == material.fingerprint_sha256
+
+
+@needs_ssh_keygen
+def test_an_openssh_dsa_key_from_ssh_keygen_is_importable_and_flagged(tmp_path: Path) -> None:
+    made = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "dsa", "-N", "", "-C", "old", "-f", str(tmp_path / "id_dsa")],
+        capture_output=True,
+    )
+    if made.returncode != 0:
+        pytest.skip("this ssh-keygen no longer makes DSA keys")
+    material = sshkeys.load_private((tmp_path / "id_dsa").read_bytes(), None)
+    assert (material.key_type, material.bits, material.comment) == ("dsa", 1024, "old")
+    assert material.weakness == "DSA keys are deprecated"
+    assert material.fingerprint_sha256 == _keygen_fingerprint(tmp_path / "id_dsa.pub")[1]
 
 
 def test_a_public_key_given_as_private_is_refused_as_not_a_private_key() -> None:

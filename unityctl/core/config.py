@@ -229,11 +229,13 @@ def load(
     environ: dict[str, str] | None = None,
     overrides: dict[tuple[str, ...], Any] | None = None,
     require_file: bool = False,
+    missing_ok: bool = False,
 ) -> Settings:
     """Load settings from file, environment and flag overrides.
 
     ``config_file``: explicit file (flag); else ``$UNITYCTL_CONFIG``; else the XDG default, which may
     be absent (defaults apply). ``overrides``: values from command-line flags, by key path.
+    ``missing_ok``: an explicit file that does not exist yet is not an error (``unityctl init`` creates it).
     Raises ConfigError with one line naming the key path and line on any invalid value.
     """
     environ = dict(os.environ if environ is None else environ)
@@ -261,7 +263,7 @@ def load(
             raise ConfigError(f"{path}: the top level must be a mapping of keys, not {type(loaded).__name__}")
         data = loaded
         source_file = path
-    elif explicit or require_file:
+    elif (explicit or require_file) and not missing_ok:
         raise ConfigError(f"{path}: config file not found")
 
     env_names: dict[tuple[str, ...], str] = {}

@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unityctl.core.output import Output
-
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from sqlmodel import Session
 
     from unityctl.core.config import Settings
     from unityctl.core.crypto import Keyring
+    from unityctl.core.output import Output
 
 
 @dataclass
@@ -33,6 +32,8 @@ class AppContext:
     debug: bool = False
     no_color: bool = False
     passphrase: str | None = field(default=None, repr=False)
+    # `unityctl init` creates the config file, so a --config FILE that does not exist yet is fine there.
+    config_may_be_missing: bool = False
     _settings: Settings | None = field(default=None, repr=False)
     _engine: Engine | None = field(default=None, repr=False)
     _keyring: Keyring | None = field(default=None, repr=False)
@@ -44,6 +45,8 @@ class AppContext:
             self.json_mode = True
             self._output = None
         if self._output is None:
+            from unityctl.core.output import Output
+
             self._output = Output(json_mode=self.json_mode, quiet=self.quiet, verbose=self.verbose,
                                   no_color=self.no_color)
         return self._output
@@ -58,7 +61,8 @@ class AppContext:
                 overrides[("database", "url")] = self.database_url
             if self.data_dir:
                 overrides[("data_dir",)] = str(self.data_dir)
-            self._settings = config.load(self.config_file, overrides=overrides)
+            self._settings = config.load(self.config_file, overrides=overrides,
+                                         missing_ok=self.config_may_be_missing)
         return self._settings
 
     def engine(self, *, migrated: bool = True) -> Engine:

@@ -152,8 +152,7 @@ def load_keyring(session: Session, settings: Settings, *, passphrase: str | None
         raise MasterKeyError("this database has no master key yet: run `unityctl init`")
     if mode == "passphrase":
         if not passphrase:
-            raise MasterKeyError("this database's master key comes from a passphrase: set UNITYCTL_PASSPHRASE "
-                                 "or pass --passphrase")
+            raise MasterKeyError("this database's master key comes from a passphrase: set UNITYCTL_PASSPHRASE")
         params = crypto.params_from_text(_meta(session, META_ARGON2) or "{}")
         keyring = Keyring(crypto.derive_from_passphrase(passphrase, params), source="passphrase")
         if keyring.key_id != expected:

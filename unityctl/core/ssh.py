@@ -336,7 +336,10 @@ def _map_connect_error(target: Target, exc: BaseException) -> SSHError:
         )
     if isinstance(exc, paramiko.SSHException):
         text = _first_line(str(exc))
-        if "banner" in text.lower() or "timeout" in text.lower() or "timed out" in text.lower():
+        lowered = text.lower()
+        # "No existing session" while connecting: start_client() gave up waiting for the key
+        # exchange (it returns silently on its deadline) -- a server that stopped answering.
+        if any(s in lowered for s in ("banner", "timeout", "timed out", "no existing session")):
             return SSHTimeoutError(
                 f"{where}: timed out after {target.connect_timeout:g}s waiting for the SSH handshake"
             )
@@ -352,11 +355,13 @@ def _map_connect_error(target: Target, exc: BaseException) -> SSHError:
 class _Conn:
     """One pooled, authenticated connection and the fingerprint of the key it verified."""
 
-    __slots__ = ("client", "fingerprint")
+    __slots__ = ("client", "fingerprint", "sessions")
 
-    def __init__(self, client: paramiko.SSHClient, fingerprint: str) -> None:
+    def __init__(self, client: paramiko.SSHClient, fingerprint: str, max_sessions: int) -> None:
         self.client = client
         self.fingerprint = fingerprint
+        # sshd refuses sessions beyond MaxSessions (default 10) per connection; stay below it.
+        self.sessions = threading.BoundedSemaphore(max_sessions)
 
     def alive(self) -> bool:
         transport = self.client.get_transport()
@@ -394,10 +399,17 @@ class SSHExecutor:
     Note sshd's default ``MaxSessions 10`` caps concurrent commands per connection.
     """
 
-    def __init__(self, *, host_keys: HostKeyStore, keepalive_s: int = 30) -> None:
-        """``host_keys`` holds the pins; ``keepalive_s`` keeps idle pooled connections alive."""
+    def __init__(
+        self, *, host_keys: HostKeyStore, keepalive_s: int = 30, max_sessions: int = 8
+    ) -> None:
+        """``host_keys`` holds the pins; ``keepalive_s`` keeps idle pooled connections alive;
+        ``max_sessions`` caps concurrent commands per connection (keep it below sshd's
+        ``MaxSessions``, default 10); further commands to that server wait for a free slot."""
+        if max_sessions < 1:
+            raise UsageError("max_sessions must be at least 1")
         self._store = host_keys
         self._keepalive = keepalive_s
+        self._max_sessions = max_sessions
         self._pool: dict[Target, _Conn] = {}
         self._locks: dict[Target, threading.Lock] = {}
         self._pool_lock = threading.Lock()
@@ -435,12 +447,12 @@ class SSHExecutor:
                 raise SSHError("the SSH executor is closed")
             return self._locks.setdefault(target, threading.Lock())
 
-    def _connection(self, target: Target, *, fresh: bool = False) -> _Conn:
+    def _connection(self, target: Target) -> _Conn:
         """Return a live pooled connection to ``target``, connecting (again) when needed."""
         with self._lock_for(target):
             with self._pool_lock:
                 conn = self._pool.get(target)
-            if conn is not None and (fresh or not conn.alive()):
+            if conn is not None and not conn.alive():
                 conn.client.close()
                 conn = None
             if conn is None:
@@ -511,7 +523,7 @@ class SSHExecutor:
         if self._keepalive:
             transport.set_keepalive(self._keepalive)
         fingerprint = fingerprint_of(transport.get_remote_server_key().get_base64())
-        return _Conn(client, fingerprint)
+        return _Conn(client, fingerprint, self._max_sessions)
 
     # commands -----------------------------------------------------------------------------
     def run(
@@ -533,21 +545,12 @@ class SSHExecutor:
         :class:`SSHTimeoutError`, :class:`SSHAuthenticationError`, :class:`SSHConnectionError`,
         :class:`HostKeyError`, :class:`SSHError`.
         """
-        import paramiko
-
         limit = target.command_timeout if timeout is None else timeout
-        conn = self._connection(target)
+        conn, channel = self._open_session(target)
         try:
-            channel = self._open_session(conn, target)
-        except (paramiko.SSHException, EOFError, OSError):
-            # A pooled connection can die between the liveness check and the channel request
-            # (server restarted): reconnect once, then give up with a mapped error.
-            conn = self._connection(target, fresh=True)
-            try:
-                channel = self._open_session(conn, target)
-            except Exception as exc:  # noqa: BLE001
-                raise _map_connect_error(target, exc) from None
-        result = self._exec(channel, target, command, stdin, limit, conn.fingerprint)
+            result = self._exec(channel, target, command, stdin, limit, conn.fingerprint)
+        finally:
+            conn.sessions.release()
         if check and result.exit_code != 0:
             detail = _first_line(result.stderr)
             err = RemoteCommandError(
@@ -559,12 +562,48 @@ class SSHExecutor:
             raise err
         return result
 
-    @staticmethod
-    def _open_session(conn: _Conn, target: Target) -> paramiko.Channel:
-        transport = conn.client.get_transport()
-        if transport is None or not transport.is_active():
-            raise EOFError("transport closed")
-        return transport.open_session(timeout=target.connect_timeout)
+    def _open_session(self, target: Target) -> tuple[_Conn, paramiko.Channel]:
+        """Open a session channel on the pooled connection, holding one of its session slots.
+
+        The caller must release ``conn.sessions`` when done with the channel.
+        Two transient failures are retried until ``target.connect_timeout``: the pooled
+        connection died (server restarted: reconnect) and the server refused a channel on a
+        live connection (its previous sessions are still closing: back off and retry).
+        """
+        import paramiko
+
+        deadline = time.monotonic() + target.connect_timeout
+        pause = 0.02
+        reconnected = False
+        while True:
+            conn = self._connection(target)
+            if not conn.sessions.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise SSHTimeoutError(
+                    f"server {target.label}: no free SSH session within {target.connect_timeout:g}s"
+                )
+            try:
+                transport = conn.client.get_transport()
+                if transport is None or not transport.is_active():
+                    raise EOFError("transport closed")
+                return conn, transport.open_session(timeout=target.connect_timeout)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                conn.sessions.release()
+                if not conn.alive() and not reconnected:
+                    reconnected = True  # _connection() replaces the dead connection
+                    continue
+                if (
+                    isinstance(exc, paramiko.ChannelException)
+                    and conn.alive()
+                    and time.monotonic() + pause < deadline
+                ):
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.5)
+                    continue
+                if isinstance(exc, paramiko.ChannelException):
+                    raise SSHError(
+                        f"server {target.label}: the server refused to open a session ({exc.text})"
+                    ) from None
+                raise _map_connect_error(target, exc) from None
 
     @staticmethod
     def _exec(
@@ -695,11 +734,28 @@ class SSHExecutor:
         Out: :class:`LoginInfo`. Raises the connection errors of :meth:`run`.
         """
         start = time.monotonic()
-        conn = self._connection(target, fresh=True)
-        connect_ms = (time.monotonic() - start) * 1000
-        begin = time.monotonic()
-        result = self.run(target, "id -un", timeout=target.connect_timeout)
-        latency_ms = (time.monotonic() - begin) * 1000
+        # A connection of its own, outside the pool: it proves the credentials work *now*, and
+        # closing it cannot disturb commands other threads run on the pooled one.
+        conn = self._connect(target)
+        try:
+            connect_ms = (time.monotonic() - start) * 1000
+            transport = conn.client.get_transport()
+            assert transport is not None
+            begin = time.monotonic()
+            try:
+                channel = transport.open_session(timeout=target.connect_timeout)
+            except Exception as exc:  # noqa: BLE001
+                raise _map_connect_error(target, exc) from None
+            result = self._exec(
+                channel, target, "id -un", None, target.connect_timeout, conn.fingerprint
+            )
+            latency_ms = (time.monotonic() - begin) * 1000
+        finally:
+            conn.client.close()
+        if result.exit_code != 0:
+            raise RemoteCommandError(
+                f"server {target.label}: `id -un` exited with status {result.exit_code}"
+            )
         return LoginInfo(
             remote_user=result.stdout.strip(),
             host_key_fingerprint=conn.fingerprint,

@@ -305,6 +305,7 @@ umask 077
 expected=${1-}
 new_sum=${2-}
 timeout=${3-30}
+[ -n "${HOME-}" ] || { printf 'unityctl: HOME is not set\n' >&2; exit 64; }
 ssh_dir="$HOME/.ssh"
 target="$ssh_dir/authorized_keys"
 tmp="$ssh_dir/.authorized_keys.unityctl.$$"

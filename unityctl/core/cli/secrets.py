@@ -11,6 +11,11 @@ from unityctl.core.cli.common import app_ctx, read_secret_stdin
 app = typer.Typer(help="Encrypted secrets and the master key.", no_args_is_help=True)
 
 
+@app.callback()
+def _group() -> None:
+    """Encrypted secrets and the master key."""
+
+
 @app.command("rotate-master-key")
 def rotate_master_key(
     ctx: typer.Context,

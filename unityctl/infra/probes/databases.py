@@ -169,6 +169,12 @@ def _mysql_flavour(processes: Sequence[Process]) -> Kind:
 
 def _classify(listener: Listener, processes: Sequence[Process]) -> _Candidate | None:
     """Decide whether one listener belongs to a database, and how we know."""
+    if listener.proto == "tcp" and (not listener.address or listener.port is None):
+        return None  # nothing one could connect to ("*:*")
+    if listener.proto == "unix" and not listener.path:
+        return None
+    if listener.proto not in ("tcp", "unix"):
+        return None
     owner_kind = _PROCESS_KINDS.get(listener.process or "")
     socket_kind = _socket_name_kind(listener.path) if listener.path else None
     if owner_kind is not None:

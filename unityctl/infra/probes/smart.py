@@ -278,8 +278,7 @@ def parse_scan(doc: str | bytes | Mapping[str, Any]) -> tuple[list[ScanDevice], 
             continue
         devices.append(ScanDevice(name, _str(entry.get("type")), _str(entry.get("protocol")),
                                   _str(entry.get("info_name"))))
-    if "devices" not in data:
-        notes.append("no device list in scan output")
+    # No "devices" key simply means smartctl found no device (VMs, containers).
     return devices, notes
 
 
