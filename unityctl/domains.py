@@ -10,10 +10,15 @@ import importlib
 
 MODEL_MODULES = [
     "unityctl.core.models",
+    "unityctl.creds.models",
+    "unityctl.infra.models",
 ]
 
 # Each module has `status_summary(session) -> dict` (plain data for `unityctl status`).
-STATUS_PROVIDERS: list[tuple[str, str]] = []
+STATUS_PROVIDERS: list[tuple[str, str]] = [
+    ("creds", "unityctl.creds.status"),
+    ("infra", "unityctl.infra.status"),
+]
 
 
 def import_models() -> None:
