@@ -22,6 +22,13 @@ STATUS_PROVIDERS: list[tuple[str, str]] = [
 
 
 def import_models() -> None:
-    """Import every module that defines tables, so SQLModel.metadata is complete."""
-    for name in MODEL_MODULES:
+    """Import every module that defines tables, so SQLModel.metadata is complete.
+
+    ``UNITYCTL_MODEL_MODULES`` (comma-separated) limits this to a prefix of the list; only
+    scripts/regen-migrations uses it, to write one migration per domain.
+    """
+    import os
+
+    limit = os.environ.get("UNITYCTL_MODEL_MODULES")
+    for name in limit.split(",") if limit else MODEL_MODULES:
         importlib.import_module(name)

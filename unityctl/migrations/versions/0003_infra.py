@@ -2,7 +2,7 @@
 
 Revision ID: 0003_infra
 Revises: 0002_creds
-Create Date: 2026-11-25 20:34:23.918383
+Create Date: 2026-11-25 20:34:42.512890
 """
 
 from __future__ import annotations
