@@ -147,24 +147,23 @@ def test_several_names_end_up_as_sans_on_one_certificate(pebble) -> None:
 # --- renewal due -----------------------------------------------------------------------------
 
 
-def test_a_fresh_pebble_certificate_is_due_at_once_because_its_life_is_shorter_than_the_window(
+def test_a_fresh_pebble_certificate_is_not_due_although_its_life_is_shorter_than_the_window(
     pebble, issued
 ) -> None:
     info = issued.info
     assert info.lifetime <= timedelta(seconds=pebble.cert_validity_seconds)
     now = datetime.now(timezone.utc)
     assert info.not_before <= now + timedelta(seconds=5)
-    assert is_due(info, now) is True
+    assert is_due(info, now) is False
 
 
-def test_a_pebble_certificate_enters_its_last_third_after_two_thirds_of_its_life(issued) -> None:
-    # renew_before_days=0 isolates the lifetime rule, which is what renews 1 h / 24 h certificates
-    # when the day window is small.
+def test_a_pebble_certificate_is_due_in_the_last_third_of_its_life(issued) -> None:
+    # One hour of life and a 30-day window: the lifetime rule (last 20 minutes) decides.
     info = issued.info
     early = info.not_before + info.lifetime / 3
     late = info.not_before + info.lifetime * 2 / 3 + timedelta(seconds=30)
-    assert is_due(info, early, renew_before_days=0) is False
-    assert is_due(info, late, renew_before_days=0) is True
+    assert is_due(info, early) is False
+    assert is_due(info, late) is True
 
 
 def test_renew_issues_a_new_certificate_with_a_new_serial_and_key(pebble, issued) -> None:

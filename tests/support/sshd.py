@@ -272,8 +272,15 @@ class SshServer:
         self.config_path.write_text(self._config_text())
 
     def _reset_ssh_dir(self) -> None:
+        # Users (and so homes) outlive a session: empty the home so files a test or an earlier
+        # run left behind cannot leak into the next test. The home is a test user's, never real.
+        assert self.home.name == self.user, self.home
+        for entry in self.home.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
         ssh_dir = self.home / ".ssh"
-        shutil.rmtree(ssh_dir, ignore_errors=True)
         ssh_dir.mkdir(mode=0o700)
         self.write_authorized_keys(self.admin_key.public_line + "\n")
         os.chown(ssh_dir, *self._uid_gid())
@@ -355,7 +362,8 @@ class SshServer:
         self.restart()
 
     def reset(self) -> None:
-        """Back to the known state: default config, running, only the admin key authorized."""
+        """Back to the known state: default config, running, an empty home whose
+        ``authorized_keys`` holds only the admin key."""
         if self._overrides:
             self._overrides.clear()
             self._write_config()

@@ -345,7 +345,7 @@ def test_concurrent_runs_from_the_same_read_let_exactly_one_win(
     ssh.mkdir()
     base = b"# base\n"
     (ssh / "authorized_keys").write_bytes(base)
-    contents = [base + f"# writer {i}\n".encode() for i in range(6)]
+    contents = [base + f"# writer {i}\n".encode() for i in range(10)]
     results: dict[int, int] = {}
 
     def run(i: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 import shutil
 import stat
 import subprocess
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.backend_independent
 SCRIPT = Path(__file__).resolve().parents[2] / "unityctl" / "infra" / "probes" / "collect.sh"
 
 
-def _shells() -> list[pytest.param]:
+def _shells() -> list[Any]:
     params = []
     for label, argv in (("sh", ["/bin/sh"]), ("dash", ["dash"]), ("busybox", ["busybox", "sh"]),
                         ("bash-posix", ["bash", "--posix"])):

@@ -86,7 +86,7 @@ def test_scsi_grown_defects_warn_and_a_large_list_fails() -> None:
     report = parse_smart(_own("scsi_defects.json"))
     assert report.kind == "scsi" and report.model == "EXAMPLE SAS4000"
     assert report.scsi_grown_defects == 12 and report.temperature_limit_c == 65
-    assert judge(report) .status == "warn"
+    assert judge(report).status == "warn"
     data = json.loads(_own("scsi_defects.json"))
     data["scsi_grown_defect_list"] = 500
     assert judge(parse_smart(data)).status == "failed"

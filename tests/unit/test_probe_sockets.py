@@ -39,7 +39,8 @@ def test_the_real_ss_capture_of_this_machine_parses_every_line_without_notes() -
 
 
 def test_a_tcp_listener_without_users_column_has_no_process() -> None:
-    (listener,) = parse_sockets(fixture("ss_this_machine.txt").splitlines()[8]).listeners
+    (line,) = [l for l in fixture("ss_this_machine.txt").splitlines() if "0.0.0.0:2024" in l]
+    (listener,) = parse_sockets(line).listeners
     assert (listener.proto, listener.address, listener.port) == ("tcp", "0.0.0.0", 2024)
     assert (listener.process, listener.pid) == (None, None)
 

@@ -30,7 +30,7 @@ def test_zpool_list_hp_rows_are_read_by_column_count() -> None:
 def test_capacity_thresholds_warn_at_80_and_are_critical_at_90() -> None:
     listing = parse_zpool_list((OWN / "zpool_list_hp.txt").read_text())
     tank, backup = listing.pool("tank"), listing.pool("backup")
-    assert judge_pool(None, tank) .status == "warn"
+    assert judge_pool(None, tank).status == "warn"
     assert "pool tank is 86% full" in judge_pool(None, tank).reasons
     assert judge_pool(None, backup).status == "critical"
 

@@ -591,8 +591,13 @@ class SSHExecutor:
                 if not conn.alive() and not reconnected:
                     reconnected = True  # _connection() replaces the dead connection
                     continue
+                # paramiko keeps the server's refusal in one per-transport slot, so with several
+                # threads a refusal may surface as the generic "Unable to open channel." instead.
+                refused = isinstance(exc, paramiko.ChannelException) or (
+                    "unable to open channel" in str(exc).lower()
+                )
                 if (
-                    isinstance(exc, paramiko.ChannelException)
+                    refused
                     and conn.alive()
                     and time.monotonic() + pause < deadline
                 ):
@@ -615,6 +620,8 @@ class SSHExecutor:
         fingerprint: str,
     ) -> RunResult:
         """Drive one exec channel to completion within ``limit`` seconds."""
+        import paramiko
+
         start = time.monotonic()
         deadline = start + limit
         out: list[bytes] = []
@@ -624,7 +631,7 @@ class SSHExecutor:
             channel.settimeout(limit)
             channel.exec_command(command)
             if stdin is None:
-                channel.shutdown_write()
+                _send_eof(channel, deadline)
             else:
                 data = stdin.encode() if isinstance(stdin, str) else stdin
 
@@ -632,9 +639,8 @@ class SSHExecutor:
                 # would otherwise deadlock against our reads (the SSH windows fill both ways).
                 def _send() -> None:
                     try:
-                        channel.sendall(data)
-                        channel.shutdown_write()
-                    except (OSError, EOFError, socket.timeout):
+                        _send_stdin(channel, data, deadline)
+                    except (OSError, EOFError, socket.timeout, paramiko.SSHException):
                         pass  # the read loop reports the failure or the timeout
 
                 writer = threading.Thread(target=_send, name="ssh-stdin", daemon=True)
@@ -686,6 +692,14 @@ class SSHExecutor:
         except (socket.timeout, TimeoutError):
             raise SSHTimeoutError(
                 f"server {target.label}: command did not finish within {limit:g}s"
+            ) from None
+        except SSHError:
+            raise
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            # The connection or the channel went away mid-command (server stopped, killed).
+            raise SSHConnectionError(
+                f"server {target.label}: connection lost while running the command "
+                f"({_first_line(str(exc)) or type(exc).__name__})"
             ) from None
         finally:
             channel.close()
@@ -763,6 +777,31 @@ class SSHExecutor:
             connect_ms=connect_ms,
         )
 
+    def open_channel(
+        self, target: Target, host: str, port: int, timeout: float | None = None
+    ) -> paramiko.Channel:
+        """Open a ``direct-tcpip`` channel through the pooled connection to ``target``, reaching
+        ``host:port`` as seen from that server (``ssh -W host:port``). The caller closes it.
+
+        Raises: :class:`SSHConnectionError` when the server refuses to forward (e.g.
+        ``AllowTcpForwarding no``) or nothing listens there, and the connection errors of :meth:`run`.
+        """
+        import paramiko
+
+        limit = target.connect_timeout if timeout is None else timeout
+        conn = self._connection(target)
+        transport = conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise SSHConnectionError(f"server {target.label}: connection closed")
+        try:
+            return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=limit)
+        except paramiko.ChannelException as exc:
+            raise SSHConnectionError(
+                f"server {target.label}: could not forward to {host}:{port} ({exc.text})"
+            ) from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise _map_connect_error(target, exc) from None
+
     def run_many(
         self,
         targets: Iterable[Target],
@@ -811,6 +850,85 @@ class SSHExecutor:
                 if on_result is not None:
                     on_result(label, value)
         return {label: results[label] for label in labels}
+
+
+# paramiko's Channel.send/shutdown_write check "closed" and build the message under the channel
+# lock, but send it after releasing the lock (to avoid a dead-lock during re-keying). When the
+# server closes the channel in that gap, paramiko's transport thread answers CLOSE first, and our
+# DATA/EOF then follows for a channel the server has already freed: OpenSSH drops the WHOLE
+# connection ("data packet referred to nonexistent channel"), failing every other command
+# multiplexed on it. It happens whenever a command exits without reading all of its stdin, and
+# for EOF after very short commands. The helpers below check and send under the lock; to keep
+# paramiko's re-keying concern small, they wait for a key exchange to finish *before* taking the
+# lock, so the send under the lock only ever blocks if a re-key starts in that very instant (and
+# paramiko then gives up after its clear_to_send_timeout instead of hanging).
+# They use three paramiko internals (lock, _wait_for_send_window, _send_user_message), stable
+# since paramiko 2; without them they fall back to the public, racy calls.
+
+
+def _has_internals(channel: paramiko.Channel) -> bool:
+    transport = channel.transport
+    return all(
+        hasattr(obj, name)
+        for obj, name in (
+            (channel, "lock"),
+            (channel, "_wait_for_send_window"),
+            (channel, "remote_chanid"),
+            (transport, "_send_user_message"),
+            (transport, "clear_to_send"),
+        )
+    )
+
+
+def _wait_clear_to_send(channel: paramiko.Channel, deadline: float) -> None:
+    transport = channel.transport
+    while not transport.clear_to_send.wait(0.1):
+        if not transport.is_active() or time.monotonic() > deadline:
+            raise EOFError("transport not ready to send")
+
+
+def _send_stdin(channel: paramiko.Channel, data: bytes, deadline: float) -> None:
+    """Send ``data`` then EOF, never after the channel closed. Raises EOFError when it closed."""
+    import paramiko
+    from paramiko.common import cMSG_CHANNEL_DATA
+
+    if not _has_internals(channel):
+        channel.sendall(data)
+        if not channel.closed:
+            channel.shutdown_write()
+        return
+    view = memoryview(data)
+    while view:
+        _wait_clear_to_send(channel, deadline)
+        with channel.lock:
+            if channel.closed:
+                raise EOFError("channel closed by the server")
+            # Waits (releasing the lock) until the server's window lets us send; 0 = closed.
+            size = channel._wait_for_send_window(min(len(view), 32768))
+            if size == 0 or channel.closed:
+                raise EOFError("channel closed by the server")
+            message = paramiko.Message()
+            message.add_byte(cMSG_CHANNEL_DATA)
+            message.add_int(channel.remote_chanid)
+            message.add_string(bytes(view[:size]))
+            channel.transport._send_user_message(message)
+        view = view[size:]
+    _send_eof(channel, deadline)
+
+
+def _send_eof(channel: paramiko.Channel, deadline: float) -> None:
+    """Send EOF on ``channel`` unless it is already closed (see the comment above)."""
+    if not _has_internals(channel) or not hasattr(channel, "_send_eof"):
+        if not channel.closed:
+            channel.shutdown_write()
+        return
+    _wait_clear_to_send(channel, deadline)
+    with channel.lock:
+        if channel.closed:
+            return
+        message = channel._send_eof()  # marks eof_sent; None when already sent
+        if message is not None:
+            channel.transport._send_user_message(message)
 
 
 def _depth(target: Target) -> int:

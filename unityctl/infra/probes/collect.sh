@@ -268,8 +268,9 @@ if have smartctl; then
     run_priv smart_scan "" smartctl --scan -j
     # The plain --scan output is easier to read in sh than JSON:
     #   /dev/sda -d sat # /dev/sda [SAT], ATA device
+    # Its exit code is not trusted: only lines that start with /dev/ are used.
     priv smartctl --scan
-    if [ "$RC" -eq 0 ]; then
+    if [ -n "$OUT" ]; then
         printf '%s\n' "$OUT" | while read -r _dev _dflag _dtype _rest; do
             case "$_dev" in /dev/*) : ;; *) continue ;; esac
             [ "$_dflag" = "-d" ] || _dtype=""

@@ -334,7 +334,7 @@ def discover(listeners: Sequence[Listener], processes: Sequence[Process]) -> lis
                 target.members.extend(other.members)
                 groups.remove(other)
 
-    found = {}
+    found: dict[str, DiscoveredDatabase] = {}
     for group in groups:
         db = _build(group, processes)
         found.setdefault(db.key, db)  # two groups with one key (odd ss output) stay one instance
@@ -625,7 +625,7 @@ def probe_postgresql(target: str | None = None, port: int | None = 5432, timeout
     Out: reachable when the server answers the StartupMessage with an authentication request or
     an ErrorResponse (detail quotes it, e.g. ``role "unityctl_probe" does not exist``). The
     version is only known when the server lets the role in (trust) and sends ParameterStatus.
-    Raises: UsageError when neither a target nor a stream is given.
+    Raises: UsageError when neither a target nor a stream is given, or a TCP target has no port.
     """
     if sock is None and target and target.startswith("/") and os.path.isdir(target):
         target = os.path.join(target, f".s.PGSQL.{port or 5432}")
@@ -731,7 +731,7 @@ def probe_mysql(target: str | None = None, port: int | None = 3306, timeout: flo
     and ``version`` normalised (:func:`normalise_mysql_version`); the raw string is in detail.
     An error packet instead of a greeting (host not allowed, too many connections) is an answer
     too: reachable, no version.
-    Raises: UsageError when neither a target nor a stream is given.
+    Raises: UsageError when neither a target nor a stream is given, or a TCP target has no port.
     """
     return _run(kind, "MySQL", target, port, timeout, sock,
                 lambda wire: _mysql_talk(wire, kind))
@@ -784,7 +784,7 @@ def probe_redis(target: str | None = None, port: int | None = 6379, timeout: flo
     probe, or ``sock`` an open stream (left open).
     Out: reachable on ``+PONG`` (then ``version`` from ``INFO server``) and on an error reply
     such as ``-NOAUTH Authentication required.`` (no version: we do not authenticate).
-    Raises: UsageError when neither a target nor a stream is given.
+    Raises: UsageError when neither a target nor a stream is given, or a TCP target has no port.
     """
     return _run("redis", "Redis", target, port, timeout, sock, _redis_talk)
 
@@ -964,7 +964,7 @@ def probe_mongodb(target: str | None = None, port: int | None = 27017, timeout: 
     ``timeout`` seconds for the whole probe, or ``sock`` an open stream (left open).
     Out: reachable when an OP_MSG reply comes; ``version`` is the release series that the
     reply's ``maxWireVersion`` stands for (``"7.0"`` for 21), None when unknown to us.
-    Raises: UsageError when neither a target nor a stream is given.
+    Raises: UsageError when neither a target nor a stream is given, or a TCP target has no port.
     """
     return _run("mongodb", "MongoDB", target, port, timeout, sock, _mongo_talk)
 

@@ -391,7 +391,7 @@ def _parse_device_row(line: str) -> MdadmDevice | None:
         return None
 
     def num(token: str) -> int | None:
-        return int(token) if token.isdigit() else None
+        return int(token) if token.isdecimal() else None
 
     path = parts[-1] if parts[-1].startswith("/") else None
     state_words = parts[4:-1] if path else parts[4:]

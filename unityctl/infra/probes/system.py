@@ -145,7 +145,7 @@ class CpuCount:
 def parse_cpu_count(text: str) -> CpuCount:
     """Parse the cpu_count section (one integer)."""
     token = text.strip().split()[0] if text.strip() else ""
-    if token.isdigit() and int(token) > 0:
+    if token.isdecimal() and int(token) > 0:
         return CpuCount(int(token))
     return CpuCount(notes=["unparseable cpu count: expected a positive integer"])
 
@@ -283,7 +283,7 @@ def parse_df(text: str, mounts_text: str | None = None) -> DiskUsage:
         if not parts or parts[0] == "Filesystem":
             continue
         # The mount point is the rest of the line after five fields (it may hold spaces).
-        if len(parts) < 6 or not all(p.isdigit() for p in parts[1:4]):
+        if len(parts) < 6 or not all(p.isdecimal() for p in parts[1:4]):
             if line.strip().startswith("df:"):
                 result.notes.append(line.strip()[:100])  # e.g. "df: /mnt/nfs: Stale file handle"
             else:
@@ -297,7 +297,7 @@ def parse_df(text: str, mounts_text: str | None = None) -> DiskUsage:
         pseudo = (fs_type in PSEUDO_FS_TYPES if fs_type else False) or source in PSEUDO_SOURCES \
             or (source.startswith("/dev/loop") and mount.startswith("/snap/"))
         result.filesystems.append(Filesystem(source, mount, fs_type, size, int(parts[2]),
-                                             int(parts[3]), int(pct) if pct.isdigit() else None,
+                                             int(parts[3]), int(pct) if pct.isdecimal() else None,
                                              pseudo))
     if not result.filesystems and not result.notes:
         result.notes.append("unparseable df: no filesystem rows")

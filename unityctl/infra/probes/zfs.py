@@ -53,7 +53,7 @@ def _size(token: str) -> int | None:
 
 def _percent(token: str) -> int | None:
     token = token.strip().rstrip("%")
-    return int(token) if token.isdigit() else None
+    return int(token) if token.isdecimal() else None
 
 
 def _ratio(token: str) -> float | None:
