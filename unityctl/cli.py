@@ -103,17 +103,21 @@ def _click_exceptions() -> tuple[tuple[type[BaseException], ...], tuple[type[Bas
     Typer >= 0.28 parses the command line with its own copy of click (``typer._click``), whose
     exceptions are not click's: both must be mapped, or a usage error looks "unexpected".
     """
-    import click
-
-    exits: list[type[BaseException]] = [click.exceptions.Exit, typer.Exit]
-    aborts: list[type[BaseException]] = [click.exceptions.Abort, typer.Abort]
-    usage: list[type[BaseException]] = [click.ClickException]
+    exits: list[type[BaseException]] = [typer.Exit]
+    aborts: list[type[BaseException]] = [typer.Abort]
+    usage: list[type[BaseException]] = []
     try:
         from typer._click import exceptions as vendored
     except ImportError:  # older typer: plain click
-        pass
+        import click  # noqa: F401 - imported here only when typer itself uses it
     else:
         usage.append(vendored.ClickException)
+    # Plain click raises only if something imported it; importing it just to catch would cost start-up time.
+    click = sys.modules.get("click")
+    if click is not None:
+        exits.append(click.exceptions.Exit)
+        aborts.append(click.exceptions.Abort)
+        usage.append(click.ClickException)
     return tuple(exits), tuple(aborts), tuple(usage)
 
 

@@ -221,26 +221,36 @@ def test_a_90_day_certificate_29_days_before_expiry_is_due() -> None:
 
 
 def test_the_renewal_window_in_days_is_configurable() -> None:
-    # 40 days left of 90: outside the last third (30 days), so only the day window decides.
-    info = info_with(timedelta(days=90), timedelta(days=40))
+    # 40 days left of a year: the last third (121 days) is wider, so the day window decides.
+    info = info_with(timedelta(days=365), timedelta(days=40))
     assert is_due(info, NOW, renew_before_days=30) is False
     assert is_due(info, NOW, renew_before_days=45) is True
 
 
-def test_a_long_lived_certificate_is_due_in_its_last_third_before_the_day_window() -> None:
-    # A 3-year certificate with 300 days left: far outside 30 days, inside its last third.
-    assert is_due(info_with(timedelta(days=1095), timedelta(days=300)), NOW) is True
-    assert is_due(info_with(timedelta(days=1095), timedelta(days=400)), NOW) is False
+def test_the_last_third_of_the_lifetime_caps_a_wide_day_window() -> None:
+    # A 90-day certificate with 40 days left: a 45-day window alone would renew it, but its last
+    # third starts at 30 days left, like certbot.
+    assert is_due(info_with(timedelta(days=90), timedelta(days=40)), NOW, renew_before_days=45) is False
+    assert is_due(info_with(timedelta(days=90), timedelta(days=30)), NOW, renew_before_days=45) is True
 
 
-def test_a_24_hour_certificate_is_due_in_the_last_third_of_its_life_even_with_no_day_window() -> None:
-    # renew_before_days=0 isolates the lifetime rule: 8 h is the last third of 24 h.
-    assert is_due(info_with(timedelta(hours=24), timedelta(hours=7)), NOW, renew_before_days=0)
-    assert not is_due(info_with(timedelta(hours=24), timedelta(hours=9)), NOW, renew_before_days=0)
+def test_a_long_lived_certificate_renews_at_the_day_window_not_a_year_early() -> None:
+    # A 3-year certificate with 300 days left is inside its last third but far outside 30 days.
+    assert is_due(info_with(timedelta(days=1095), timedelta(days=300)), NOW) is False
+    assert is_due(info_with(timedelta(days=1095), timedelta(days=29)), NOW) is True
 
 
-def test_a_certificate_shorter_than_the_day_window_is_always_due() -> None:
-    assert is_due(info_with(timedelta(hours=24), timedelta(hours=23)), NOW) is True
+def test_a_24_hour_certificate_is_due_only_in_its_last_8_hours() -> None:
+    assert is_due(info_with(timedelta(hours=24), timedelta(hours=7)), NOW) is True
+    assert is_due(info_with(timedelta(hours=24), timedelta(hours=9)), NOW) is False
+
+
+def test_a_certificate_shorter_than_the_day_window_is_not_due_right_after_issuance() -> None:
+    assert is_due(info_with(timedelta(hours=24), timedelta(hours=23)), NOW) is False
+
+
+def test_a_zero_day_window_renews_only_expired_certificates() -> None:
+    assert is_due(info_with(timedelta(days=90), timedelta(hours=1)), NOW, renew_before_days=0) is False
 
 
 def test_an_expired_certificate_is_due() -> None:

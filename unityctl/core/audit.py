@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from unityctl.core.crypto import Keyring
@@ -266,7 +266,13 @@ def archive(session: Session, keyring: Keyring, *, before: dt.datetime, archive_
     check = verify(session, keyring)
     if not check.ok:
         raise AuditError(f"refusing to archive a broken chain: {check.reason}")
-    rows = session.exec(select(AuditEntry).where(AuditEntry.ts < before).order_by(col(AuditEntry.seq))).all()
+    # Only a contiguous prefix of the chain can be archived: if the clock once went backwards, an old
+    # row after a newer one stays in the table with it (archiving it would leave a hole in the chain).
+    first_recent = session.exec(select(func.min(AuditEntry.seq)).where(AuditEntry.ts >= before)).one()
+    query = select(AuditEntry).where(AuditEntry.ts < before)
+    if first_recent is not None:
+        query = query.where(AuditEntry.seq < first_recent)
+    rows = session.exec(query.order_by(col(AuditEntry.seq))).all()
     if not rows:
         return None
     archive_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

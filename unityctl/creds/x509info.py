@@ -201,22 +201,25 @@ def days_left(info: CertInfo, now: datetime) -> float:
 def is_due(info: CertInfo, now: datetime, renew_before_days: float = 30) -> bool:
     """Tell whether the certificate should be renewed now.
 
-    Due when it expires within ``renew_before_days`` OR it has entered the last third of its
-    lifetime. The second rule is the ACME convention (Let's Encrypt renews 90-day certs with 30 days
-    left) and is what keeps renewal working for CAs whose lifetime has nothing to do with a fixed
-    day count (step-ca's 24 h default, Pebble's short test certs). Note that a certificate whose
-    whole lifetime is shorter than ``renew_before_days`` is therefore always due: every check will
-    renew it, so callers should schedule such checks no more often than they want renewals.
+    Due when the time left is at most ``min(renew_before_days, lifetime / 3)``. The day window
+    caps the lifetime rule and the lifetime rule caps the day window, which is what certbot and
+    the ACME convention do in practice:
 
-    In: a CertInfo, an aware ``now``, the day window.
-    Out: True when a renewal is due (an expired certificate is due).
+    * a 90-day Let's Encrypt certificate renews with 30 days left (both rules agree);
+    * a 24 h step-ca certificate renews in its last 8 hours, not on every check (a 30-day window
+      alone would call it due from the moment it was issued);
+    * a 3-year certificate renews with ``renew_before_days`` left, not a year early.
+
+    In: a CertInfo, an aware ``now``, the day window (``settings.creds.renew_before_days``).
+    Out: True when a renewal is due (an expired certificate is always due).
     Raises: ValueError when ``now`` is naive.
     """
     _require_aware(now)
     remaining = info.not_after - now
-    if remaining <= timedelta(days=renew_before_days):
+    if remaining <= timedelta(0):
         return True
-    return remaining <= info.lifetime / 3
+    window = min(timedelta(days=renew_before_days), info.lifetime / 3)
+    return remaining <= window
 
 
 def fetch_served_certificate(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Column, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from unityctl.core.db import UTCDateTime, utcnow
@@ -83,7 +83,7 @@ class StorageDevice(SQLModel, table=True):
     device: str = Field(default="", max_length=200)
     model: str = Field(default="", max_length=200)
     protocol: str = Field(default="", max_length=20)  # ata | nvme | scsi
-    capacity_bytes: int | None = None
+    capacity_bytes: int | None = Field(default=None, sa_type=BigInteger)  # disks pass 2 GiB
     verdict: str = Field(default="unknown", max_length=20)
     reasons: str = Field(default="[]", sa_type=Text)
     temperature_c: int | None = None

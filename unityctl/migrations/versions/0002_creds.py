@@ -2,7 +2,7 @@
 
 Revision ID: 0002_creds
 Revises: 0001_core
-Create Date: 2026-11-25 20:34:40.929891
+Create Date: 2026-11-25 20:45:34.362064
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Revision ID: 0003_infra
 Revises: 0002_creds
-Create Date: 2026-11-25 20:34:42.512890
+Create Date: 2026-11-25 20:45:36.900646
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def upgrade() -> None:
     sa.Column('device', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
     sa.Column('model', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
     sa.Column('protocol', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('capacity_bytes', sa.Integer(), nullable=True),
+    sa.Column('capacity_bytes', sa.BigInteger(), nullable=True),
     sa.Column('verdict', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
     sa.Column('reasons', sa.Text(), nullable=False),
     sa.Column('temperature_c', sa.Integer(), nullable=True),
