@@ -6,7 +6,7 @@ Both run in the same process run, against the same 20 servers (real OpenSSH daem
 * ``unityctl creds keys deploy bench --to s01 ... --to s20`` (servers registered and their host
   keys pinned beforehand; one process, servers in parallel);
 * ``for s in servers: ssh-copy-id -i other.pub -o StrictHostKeyChecking=accept-new
-  -o IdentityFile=<admin key> user@host`` (non-interactive: the admin key is already authorized).
+  -o IdentityFile=<admin key> -f user@host`` (non-interactive: the admin key is already authorized).
 
 Target (issue 3): unityctl at least 5x faster.
 
@@ -60,7 +60,7 @@ def main() -> int:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("UNITYCTL_")},
                "HOME": str(work / "home"), "UNITYCTL_DATA_DIR": str(work / "data"),
                "UNITYCTL_CONFIG": str(work / "config.yaml"), "NO_COLOR": "1"}
-        (work / "home").mkdir()
+        (work / "home" / ".ssh").mkdir(parents=True, mode=0o700)
         unityctl = str(VENV_BIN / "unityctl")
         admin = work / "admin_key"
         admin.write_text(fleet.admin_key.private_pem)
@@ -87,7 +87,10 @@ def main() -> int:
         known = work / "known_hosts"
         start = time.perf_counter()
         for s in servers:
-            run(["ssh-copy-id", "-i", f"{other}.pub", "-p", str(s.port),
+            # -f: skip ssh-copy-id's "already installed?" probe. With IdentityFile=<admin key> that
+            # probe logs in with the admin key and wrongly concludes the new key is there; -f also
+            # makes ssh-copy-id do less work, so the comparison only favours it.
+            run(["ssh-copy-id", "-f", "-i", f"{other}.pub", "-p", str(s.port),
                  "-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={known}",
                  "-o", f"IdentityFile={admin}", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
                  f"{s.user}@{s.host}"], env)

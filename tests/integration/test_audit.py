@@ -363,3 +363,29 @@ def test_archiving_after_the_clock_went_backwards_keeps_the_chain_whole(log: Log
     verified = log.cli("audit", "verify")
     assert verified.code == 0, verified
     assert log.cli("audit", "verify", "--table-only").code == 0
+
+
+def test_a_missing_archive_file_fails_verification_unless_table_only_is_asked(log: Log, tmp_path: Path) -> None:
+    log.add(3)
+    assert log.cli("audit", "archive", "--older-than", "0s").code == 0
+    path = next((log.settings.resolved_data_dir / "audit-archive").glob("*.jsonl"))
+    moved = tmp_path / "offline-copy.jsonl"
+    path.rename(moved)
+    result = log.cli("audit", "verify")
+    assert result.code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert str(path) in result.stderr and "--table-only" in result.stderr
+    assert log.cli("audit", "verify", "--archive", moved).code == 0
+    assert log.cli("audit", "verify", "--table-only").code == 0
+
+
+def test_deleting_the_oldest_rows_behind_a_forged_archive_anchor_is_detected(log: Log) -> None:
+    log.add(4)
+    # Drop seq 1-2 and pretend they were archived to a file that never existed.
+    with log.engine.connect() as conn:
+        prev = conn.execute(text("SELECT prev_mac FROM audit_log WHERE seq = 3")).scalar_one()
+    log.sql("DELETE FROM audit_log WHERE seq < 3")
+    log.sql("INSERT INTO audit_archive (first_seq, last_seq, last_mac, path, sha256, rows, created_at) "
+            "VALUES (1, 2, :mac, '/nonexistent/audit-00000001-00000002.jsonl', :sha, 2, :now)",
+            mac=prev, sha="0" * 64, now=utcnow())
+    result = log.cli("audit", "verify")
+    assert result.code == 1 and "is missing" in result.stderr

@@ -302,3 +302,15 @@ def test_config_show_prints_every_key(run: CLI) -> None:
             assert part in node, ".".join(path)
             node = node[part]
     assert json.dumps(shown)  # plain data
+
+
+def test_a_tilde_in_a_path_means_the_home_directory(run: CLI, home: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path, "data_dir: ~/lab-data\nmaster_key:\n  file: ~/keys/master.key\naudit:\n  archive_dir: ~/arch\n")
+    shown = _show(run, "--config", path)
+    assert shown["data_dir"] == str(home / "lab-data")
+    assert shown["master_key"]["file"] == str(home / "keys" / "master.key")
+    assert shown["audit"]["archive_dir"] == str(home / "arch")
+    assert shown["database"]["url"] == f"sqlite:///{home / 'lab-data' / 'unityctl.db'}"
+    monkeypatch.setenv("UNITYCTL_DATA_DIR", "~/from-env")
+    assert _show(run)["data_dir"] == str(home / "from-env")

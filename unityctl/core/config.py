@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from unityctl.core import paths
 from unityctl.core.durations import parse_seconds
@@ -27,6 +27,8 @@ def _seconds(value: Any) -> int:
 
 
 Seconds = Annotated[int, BeforeValidator(_seconds)]
+# `~/...` in the file or the environment means the user's home, as in a shell.
+UserPath = Annotated[Path, AfterValidator(lambda path: path.expanduser())]
 
 
 class _Section(BaseModel):
@@ -57,12 +59,12 @@ class DatabaseConfig(_Section):
 
 
 class MasterKeyConfig(_Section):
-    file: Path | None = Field(default=None, description="master key file; default <data_dir>/master.key")
+    file: UserPath | None = Field(default=None, description="master key file; default <data_dir>/master.key")
 
 
 class AuditConfig(_Section):
     archive_after_days: int = Field(default=365, ge=1)
-    archive_dir: Path | None = None
+    archive_dir: UserPath | None = None
 
 
 class AlertsConfig(_Section):
@@ -109,7 +111,7 @@ class LoggingConfig(_Section):
 class Settings(_Section):
     """The whole configuration. ``data_dir`` and ``database.url`` are resolved by :func:`load`."""
 
-    data_dir: Path | None = None
+    data_dir: UserPath | None = None
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     master_key: MasterKeyConfig = Field(default_factory=MasterKeyConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

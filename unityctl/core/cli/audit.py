@@ -62,7 +62,12 @@ def verify(
     out = a.output(json_)
     keyring = a.keyring()
     with a.session() as session:
-        files = [] if table_only else (archive or [p for p in audit.archive_files(session) if p.exists()])
+        files = [] if table_only else (archive or audit.archive_files(session))
+        missing = [p for p in files if not p.exists()]
+        if missing:
+            # Skipping it would let anyone who deletes the oldest rows (and the file) pass verification.
+            raise AuditError(f"audit archive {missing[0]} is missing: restore it, name its copy with --archive, "
+                             "or verify only the rows in the database with --table-only")
         result = audit.verify(session, keyring, archives=files or None)
     doc = {"ok": result.ok, "rows": result.rows, "first_bad_seq": result.first_bad_seq, "reason": result.reason,
            "archives": [str(p) for p in files]}
