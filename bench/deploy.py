@@ -10,7 +10,7 @@ Both run in the same process run, against the same 20 servers (real OpenSSH daem
 
 Target (issue 3): unityctl at least 5x faster.
 
-    .venv/bin/python bench/deploy.py [--servers 20] [--slot 20]
+    .venv/bin/python bench/deploy.py [--servers 20] [--rounds 3] [--slot 20]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ def run(cmd: list[str], env: dict[str, str], *, input: str | None = None) -> sub
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--slot", type=int, default=20, help="address block 127.0.SLOT.x (away from test runs)")
     args = parser.parse_args()
     if os.geteuid() != 0 or not shutil.which("ssh-copy-id") or not Path("/usr/sbin/sshd").exists():
@@ -77,24 +79,30 @@ def main() -> int:
         other = work / "other"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench-ssh-copy-id", "-f", str(other)], env)
 
-        # --- unityctl ---------------------------------------------------------------------------
+        # --- the race, alternated over --rounds rounds (median): the machine's load varies --------
         cmd = [unityctl, "creds", "keys", "deploy", "bench", *[a for s in servers for a in ("--to", s.name)]]
-        start = time.perf_counter()
-        run(cmd, env)
-        t_unityctl = time.perf_counter() - start
-
-        # --- ssh-copy-id loop -------------------------------------------------------------------
         known = work / "known_hosts"
-        start = time.perf_counter()
-        for s in servers:
-            # -f: skip ssh-copy-id's "already installed?" probe. With IdentityFile=<admin key> that
-            # probe logs in with the admin key and wrongly concludes the new key is there; -f also
-            # makes ssh-copy-id do less work, so the comparison only favours it.
-            run(["ssh-copy-id", "-f", "-i", f"{other}.pub", "-p", str(s.port),
-                 "-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={known}",
-                 "-o", f"IdentityFile={admin}", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                 f"{s.user}@{s.host}"], env)
-        t_copy = time.perf_counter() - start
+        before = {s.name: s.read_authorized_keys() for s in servers}
+        u_times, c_times = [], []
+        for round_no in range(args.rounds):
+            if round_no:
+                run([unityctl, "creds", "keys", "revoke", "bench"], env)  # not timed
+                for s in servers:
+                    s.write_authorized_keys(before[s.name])
+            start = time.perf_counter()
+            run(cmd, env)
+            u_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for s in servers:
+                # -f: skip ssh-copy-id's "already installed?" probe. With IdentityFile=<admin key>
+                # that probe logs in with the admin key and wrongly concludes the new key is there;
+                # -f also makes ssh-copy-id do less work, so the comparison only favours it.
+                run(["ssh-copy-id", "-f", "-i", f"{other}.pub", "-p", str(s.port),
+                     "-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={known}",
+                     "-o", f"IdentityFile={admin}", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                     f"{s.user}@{s.host}"], env)
+            c_times.append(time.perf_counter() - start)
+        t_unityctl, t_copy = statistics.median(u_times), statistics.median(c_times)
 
         # --- both really did the job ------------------------------------------------------------
         bench_pub = run([unityctl, "creds", "keys", "export", "bench", "--public"], env).stdout.split()[1]
@@ -103,7 +111,9 @@ def main() -> int:
             content = s.read_authorized_keys().decode()
             assert bench_pub in content and other_pub in content, f"{s.name}: a key is missing"
 
-        print(f"bench/deploy: one key to {len(servers)} sshd servers")
+        print(f"bench/deploy: one key to {len(servers)} sshd servers, median of {args.rounds} rounds "
+              f"(unityctl {', '.join(f'{t:.2f}' for t in u_times)}; "
+              f"ssh-copy-id {', '.join(f'{t:.2f}' for t in c_times)})")
         print(f"  unityctl creds keys deploy : {t_unityctl:7.2f} s")
         print(f"  ssh-copy-id loop           : {t_copy:7.2f} s")
         ratio = t_copy / t_unityctl

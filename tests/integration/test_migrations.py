@@ -110,3 +110,9 @@ def test_init_migrates_to_head_and_db_check_is_clean(cli: CLI) -> None:
     assert cli("init").code == 0
     assert cli("db", "current", "--json").json()["current"] == migrate.head_revision()
     assert cli("db", "check").code == 0
+
+
+def test_the_fast_head_check_agrees_with_alembic() -> None:
+    from unityctl.core import migrate
+
+    assert migrate.shipped_head() == migrate.head_revision()

@@ -81,18 +81,49 @@ def check(engine: Engine) -> None:
         raise MigrationError(f"models and migrations differ ({len(diffs)} change(s)), first: {diffs[0]}")
 
 
-def require_head(engine: Engine) -> None:
-    """Refuse to work on a database that is not migrated to head (cheap: one query, one file scan)."""
-    try:
-        current = current_revision(engine)
-    except Exception as exc:  # noqa: BLE001 - any driver failure here means "cannot reach the database"
-        from unityctl.core.db import describe_db_error
-        from unityctl.core.errors import DatabaseError
+def shipped_head() -> str:
+    """The head revision, read from the version files without importing Alembic (start-up time).
 
+    Each file declares ``revision = '...'`` and ``down_revision = ...``; the head is the revision
+    no other file names as its parent. :func:`head_revision` (Alembic's own answer) is checked
+    against this in the tests.
+    """
+    import re
+
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        rev = re.search(r"^revision\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+        down = re.search(r"^down_revision\s*=\s*(.+)$", text, re.M)
+        if rev:
+            revisions.add(rev.group(1))
+        if down:
+            parents.update(re.findall(r"['\"]([^'\"]+)['\"]", down.group(1)))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise MigrationError(f"the shipped migrations have {len(heads)} heads: {sorted(heads)}")
+    return heads.pop()
+
+
+def require_head(engine: Engine) -> None:
+    """Refuse to work on a database that is not migrated to head (one query, no Alembic import)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from unityctl.core.db import describe_db_error
+    from unityctl.core.errors import DatabaseError
+
+    try:
+        with engine.connect() as conn:
+            try:
+                current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            except DBAPIError:
+                current = None  # no alembic_version table: an empty database
+    except Exception as exc:  # noqa: BLE001 - any driver failure here means "cannot reach the database"
         raise DatabaseError(f"cannot open the database: {describe_db_error(exc)}") from None
-    head = head_revision()
     if current is None:
         raise MigrationError("the database is empty: run `unityctl init` (or `unityctl db upgrade`)")
+    head = shipped_head()
     if current != head:
         raise MigrationError(f"the database is at revision {current}, this unityctl expects {head}: "
                              "run `unityctl db upgrade`")
