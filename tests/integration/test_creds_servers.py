@@ -121,7 +121,8 @@ def test_a_wrong_master_key_gives_one_clear_error_through_the_cli(icli, home, tm
     _import_admin(icli, tmp_path, sshd_admin_key)
     _add(icli, server, None, "--key", "admin")
     key_file = Path(icli("config", "show", "--json").json()["master_key"]["file"])
-    crypto.write_key_file(key_file, crypto.generate_master_key()) if not key_file.unlink() else None
+    key_file.unlink()
+    crypto.write_key_file(key_file, crypto.generate_master_key())
     r = icli("creds", "servers", "test", server.name)
     assert r.code == 1
     assert "wrong master key" in r.stderr and r.stderr.count("\n") == 1
