@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-sqlite test-postgres system-deps venv bench clean
+.PHONY: demo test test-sqlite system-deps venv bench bench-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,3 +33,9 @@ bench: system-deps venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+bench-all: system-deps venv
+	$(PY) bench/startup.py
+	$(PY) bench/deploy.py
+	$(PY) bench/collect.py
+	$(PY) bench/status.py

@@ -166,7 +166,7 @@ def main() -> None:
                         help="A PostgreSQL URL whose server lets us CREATE DATABASE.")
     parser.add_argument("--no-pg", action="store_true")
     args = parser.parse_args()
-    print(f"bench/status: target < 500 ms")
+    print("bench/status: target < 500 ms")
     with tempfile.TemporaryDirectory() as tmp:
         bench("SQLite", f"sqlite:///{tmp}/bench.db", args.servers, args.days)
     if args.no_pg:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-import pytest
 from sqlmodel import select
 
 from unityctl.core.models import Alert

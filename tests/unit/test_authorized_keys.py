@@ -188,7 +188,7 @@ _foreign_key_line = st.builds(
 _foreign_line = st.one_of(
     _foreign_key_line,
     st.sampled_from(["", "   ", "\t", "# comment", "#", "  # indented comment"]),
-    st.text(alphabet=st.characters(blacklist_characters="\n"), max_size=40),
+    st.text(alphabet=st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), max_size=40),
     st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")).map(
         lambda b: b.decode("latin-1")
     ),

@@ -101,13 +101,17 @@ def test_every_corpus_zpool_list_file_parses(path: Path) -> None:
     assert listing.pools and listing.notes == []
 
 
-def test_corpus_iostat_and_kstat_files_are_not_formats_unityctl_reads() -> None:
-    root = require_corpus("zfs")
-    others = [p.name for p in corpus_files("zfs") if "iostat" in p.name or "kstat" in p.parts]
-    if not others:
-        pytest.skip("no iostat/kstat files in this corpus")
-    assert (root / "kstat").exists() or any("iostat" in n for n in others)
-    pytest.skip(f"not a format unityctl reads (zpool iostat, /proc/spl/kstat): {len(others)} files")
+def test_iostat_and_kstat_files_in_a_zpool_section_give_notes_and_no_phantom_pools() -> None:
+    """zpool iostat and /proc/spl/kstat are not formats unityctl reads; landing in the zpool
+    sections by mistake they must yield no pool and an "unparseable"/"ignored" note."""
+    require_corpus("zfs")
+    others = [p for p in corpus_files("zfs") if "iostat" in p.name or "kstat" in p.parts]
+    assert others, "the corpus has no iostat/kstat files"
+    for path in others:
+        text = path.read_text(errors="replace")
+        status, listing = parse_zpool_status(text), parse_zpool_list(text)
+        assert status.pools == [] and listing.pools == [], path.name
+        assert status.notes and listing.notes, path.name
 
 
 def _corpus_status(name: str):

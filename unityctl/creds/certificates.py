@@ -430,6 +430,10 @@ def renew(session: Session, keyring: Keyring, *, name: str | None = None, due: b
                                        cert.serial, cert.serial, _aware(cert.not_after)))
         else:
             results.append(_renew_one(session, keyring, cert))
+            # Keep each renewal as soon as it is made: the CA has already issued it, and a later
+            # failure must not roll back its key. Committing also lets other writers in between
+            # two certbot runs (SQLite's write lock is not held across the whole batch).
+            session.commit()
     return results
 
 

@@ -399,7 +399,7 @@ def disks(
         [(d.get("server"), d.get("device"), d.get("serial"), d.get("model"),
           "standby" if d.get("standby") else d.get("verdict"),
           "-" if d.get("temperature_c") is None else f"{d['temperature_c']}C", "; ".join(d.get("reasons") or []))
-         for d in docs], empty="no disks known yet (collect first)"))
+         for d in docs], empty="no disks known (collect first; a server whose smartctl sees no disk, e.g. a VM, has none)"))
 
 
 @disks_app.command("accept")
@@ -463,10 +463,11 @@ def databases(ctx: typer.Context, json_: JsonOpt = False) -> None:
     with a.session() as session:
         docs = _docs(dbs.list_databases(session))
     out.emit(docs, lambda c: out.table(
-        ["name", "kind", "version", "reachable", "ms", "detail"],
+        ["name", "kind", "version", "reachable", "ms"],
         [(d.get("name"), d.get("kind"), d.get("version") or "-",
-          {True: "yes", False: "NO", None: "-"}.get(d.get("reachable"), "-"),
-          "-" if d.get("latency_ms") is None else f"{d['latency_ms']:.0f}", d.get("detail") or "")
+          # The probe's full answer is long: it is in --json and `infra databases test NAME`.
+          {True: "yes", False: "NO: " + (d.get("detail") or "")[:60], None: "-"}.get(d.get("reachable"), "-"),
+          "-" if d.get("latency_ms") is None else f"{d['latency_ms']:.0f}")
          for d in docs], empty="no databases found yet (collect first)"))
 
 
