@@ -5,13 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.support.tls import tls_server
 from unityctl.core.errors import ProviderError, UnityctlError, UsageError
 from unityctl.creds import acme
 from unityctl.creds.x509info import (
@@ -56,40 +54,6 @@ def free_port() -> int:
 def issued(pebble) -> acme.IssuedCertificate:
     """One certificate for test.example.org, shared by the read-only tests of this module."""
     return acme.issue(request_for(pebble, "test.example.org"))
-
-
-@contextmanager
-def tls_server(tmp_path: Path, cert_pem: str, key_pem: str) -> Iterator[int]:
-    """A tiny TLS server on 127.0.0.1 serving ``cert_pem``; yields its port."""
-    cert_file, key_file = tmp_path / f"srv-{id(cert_pem)}.pem", tmp_path / f"srv-{id(key_pem)}.key"
-    cert_file.write_text(cert_pem)
-    key_file.write_text(key_pem)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert_file, key_file)
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            try:
-                with ctx.wrap_socket(conn, server_side=True) as tls:
-                    tls.recv(1)
-            except (OSError, ssl.SSLError):
-                pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield int(listener.getsockname()[1])
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
 
 
 # --- issuance --------------------------------------------------------------------------------

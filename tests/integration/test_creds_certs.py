@@ -26,12 +26,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from sqlalchemy import MetaData, select as sa_select
+from sqlalchemy import MetaData
+from sqlalchemy import select as sa_select
 from sqlmodel import select
 
 from unityctl.core.errors import AlreadyExistsError, NotFoundError, ParseError, ProviderError, StateError
 from unityctl.core.models import Alert, AuditEntry
 from unityctl.creds import certificates, expiry, stepca
+from tests.support.tls import tls_server
 from unityctl.creds.models import Certificate, CertificateDeployment
 
 UTC = dt.timezone.utc
@@ -72,43 +74,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@contextmanager
-def tls_server(directory: Path, cert_pem: str, key_pem: str, port: int = 0) -> Iterator[int]:
-    """A small TLS server on 127.0.0.1:``port`` serving ``cert_pem``; yields the port."""
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_file, key_file = directory / "served.pem", directory / "served.key"
-    cert_file.write_text(cert_pem)
-    key_file.write_text(key_pem)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert_file, key_file)
-    listener = socket.create_server(("127.0.0.1", port))
-    listener.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                with ctx.wrap_socket(conn, server_side=True) as tls:
-                    tls.recv(1)
-            except (OSError, ssl.SSLError):
-                pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield int(listener.getsockname()[1])
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
 
 
 def acme_kwargs(pebble) -> dict:

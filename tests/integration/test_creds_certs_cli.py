@@ -19,8 +19,8 @@ from tests.integration.test_creds_certs import (
     key_body_lines,
     make_cert,
     pebble_root_fingerprint,
-    tls_server,
 )
+from tests.support.tls import tls_server
 
 UTC = dt.timezone.utc
 
