@@ -93,13 +93,12 @@ class AppContext:
     @contextmanager
     def session(self, *, write: bool = False) -> Iterator[Session]:
         """One unit of work. After a write commits, queued notifications are delivered."""
-        from unityctl.core.db import session_scope
-        from unityctl.core.notify import PENDING_FLAG
+        from unityctl.core.db import NOTIFICATIONS_PENDING, session_scope
 
         pending = False
         with session_scope(self.engine(), write=write) as session:
             yield session
-            pending = bool(session.info.get(PENDING_FLAG))
+            pending = bool(session.info.get(NOTIFICATIONS_PENDING))
         if pending:
             self.deliver_notifications()
 

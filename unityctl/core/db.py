@@ -24,6 +24,8 @@ from unityctl.core.config import redact_url
 from unityctl.core.errors import DatabaseError
 
 SQLITE_BUSY_TIMEOUT_MS = 15000
+# Set in ``session.info`` when a unit of work queued notifications, to deliver them after commit.
+NOTIFICATIONS_PENDING = "unityctl_notifications_pending"
 
 
 def utcnow() -> dt.datetime:

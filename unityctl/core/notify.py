@@ -21,7 +21,7 @@ from sqlmodel import Session, col, or_, select
 from unityctl.core import secrets
 from unityctl.core.config import AlertsConfig
 from unityctl.core.crypto import Keyring
-from unityctl.core.db import is_postgres, session_scope, utcnow
+from unityctl.core.db import NOTIFICATIONS_PENDING, is_postgres, session_scope, utcnow
 from unityctl.core.errors import AlreadyExistsError, NotFoundError, NotificationError, UsageError
 from unityctl.core.models import Alert, AlertChannel, NotificationLog
 
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 KINDS = ("email", "webhook", "apprise")
 SECRET_OWNER = "alert_channel"
-PENDING_FLAG = "unityctl_notifications_pending"
 STALE_SENDING = dt.timedelta(minutes=10)
 
 
@@ -120,7 +119,7 @@ def queue(session: Session, alert: Alert, event: str) -> int:
                                     event=event, attempt=0, status="pending", next_retry_at=utcnow()))
         count += 1
     if count:
-        session.info[PENDING_FLAG] = True
+        session.info[NOTIFICATIONS_PENDING] = True
     return count
 
 

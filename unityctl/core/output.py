@@ -13,10 +13,11 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 
 def json_default(value: Any) -> Any:
@@ -53,12 +54,30 @@ class Output:
         self.json_mode = json_mode
         self.quiet = quiet
         self.verbose = verbose
-        color_out = not json_mode and _color_wanted(sys.stdout, no_color)
-        color_err = _color_wanted(sys.stderr, no_color)
-        self.out = Console(file=sys.stdout, color_system="auto" if color_out else None, no_color=not color_out,
-                           highlight=False, soft_wrap=not sys.stdout.isatty(), emoji=False)
-        self.err = Console(file=sys.stderr, color_system="auto" if color_err else None, no_color=not color_err,
-                           highlight=False, emoji=False)
+        self.no_color = no_color
+        self._out: Console | None = None
+        self._err: Console | None = None
+
+    # The consoles are made on first use: a --json command that prints no message never imports rich.
+    @property
+    def out(self) -> Console:
+        if self._out is None:
+            from rich.console import Console
+
+            color = not self.json_mode and _color_wanted(sys.stdout, self.no_color)
+            self._out = Console(file=sys.stdout, color_system="auto" if color else None, no_color=not color,
+                                highlight=False, soft_wrap=not sys.stdout.isatty(), emoji=False)
+        return self._out
+
+    @property
+    def err(self) -> Console:
+        if self._err is None:
+            from rich.console import Console
+
+            color = _color_wanted(sys.stderr, self.no_color)
+            self._err = Console(file=sys.stderr, color_system="auto" if color else None, no_color=not color,
+                                highlight=False, emoji=False)
+        return self._err
 
     @property
     def interactive(self) -> bool:
@@ -78,6 +97,8 @@ class Output:
     def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None,
               empty: str = "nothing to show") -> Table | None:
         """Print a table of rows (text mode only); prints ``empty`` on stderr when there are no rows."""
+        from rich.table import Table
+
         rows = list(rows)
         if not rows:
             self.note(empty)
