@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
@@ -329,3 +330,18 @@ def test_testing_a_remote_database_by_name_goes_through_the_ssh_connection(env: 
     assert (row.reachable, row.version) == (True, result.version)
     with pytest.raises(UsageError, match="needs an SSH executor"), env.session(write=True) as s:
         dbsvc.test_database(s, name="remote1/mysql:3306")
+
+
+def test_postgresqls_version_comes_from_its_binary_when_the_wire_tells_none(env: Any, server: int) -> None:
+    """The full collect.sh run on this machine: PostgreSQL's probe gets no version before a
+    login, so the version is the one its own binary reports (section db_versions), and it equals
+    what the running server says over an authenticated session."""
+    require_databases()
+    from unityctl.infra.probes.system import parse_collection
+
+    script = Path(dbsvc.__file__).parent / "probes" / "collect.sh"
+    report = parse_collection(run("sh", str(script)))
+    apply(env, server, report, dbsvc.probe_discovered(report, local=True))
+    pg = instances(env)["postgresql:5432"]
+    served = run("psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc", "show server_version").split()[0]
+    assert pg.reachable and pg.version == served

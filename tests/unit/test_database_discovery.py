@@ -586,3 +586,41 @@ def test_probe_of_an_unknown_kind_is_a_usage_error() -> None:
     db = DiscoveredDatabase("cassandra", "127.0.0.1", 9042, None, None, None, "c")  # type: ignore[arg-type]
     with pytest.raises(UsageError):
         probe(db)
+
+
+# --- versions reported by the server binaries (collect.sh section db_versions) ---------------
+
+BINARY_VERSIONS = (
+    "postgres\t/usr/lib/postgresql/16/bin/postgres\tpostgres (PostgreSQL) 16.4 (Debian 16.4-1.pgdg120+1)\n"
+    "mariadbd\t/usr/sbin/mariadbd\t/usr/sbin/mariadbd  Ver 10.11.6-MariaDB-0+deb12u1 for debian-linux-gnu on x86_64\n"
+    "mysqld\t/usr/sbin/mysqld\t/usr/sbin/mysqld  Ver 8.0.36-0ubuntu0.22.04.1 for Linux on x86_64 ((Ubuntu))\n"
+    "redis-server\t/usr/bin/redis-check-rdb\tredis-check-rdb 7.0.15\n"
+    "mongod\t/usr/bin/mongod\tdb version v7.0.2\n"
+    "sshd\t/usr/sbin/sshd\tOpenSSH_9.2p1\n"
+    "a line without tabs\n"
+)
+
+
+def test_binary_versions_are_read_per_kind_and_normalised_like_greetings() -> None:
+    from unityctl.infra.probes.databases import parse_binary_versions
+
+    assert parse_binary_versions(BINARY_VERSIONS) == {
+        "postgresql": {"16.4"}, "mariadb": {"10.11.6-MariaDB"}, "mysql": {"8.0.36"},
+        "redis": {"7.0.15"}, "mongodb": {"7.0.2"},
+    }
+
+
+def test_two_postgresql_binaries_give_two_versions() -> None:
+    from unityctl.infra.probes.databases import parse_binary_versions
+
+    text = ("postgres\t/usr/lib/postgresql/15/bin/postgres\tpostgres (PostgreSQL) 15.20\n"
+            "postgres\t/usr/lib/postgresql/16/bin/postgres\tpostgres (PostgreSQL) 16.4\n")
+    assert parse_binary_versions(text) == {"postgresql": {"15.20", "16.4"}}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300) | st.sampled_from(BINARY_VERSIONS.splitlines()))
+def test_binary_version_parsing_never_raises(text: str) -> None:
+    from unityctl.infra.probes.databases import parse_binary_versions
+
+    assert isinstance(parse_binary_versions(text), dict)

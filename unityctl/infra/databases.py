@@ -28,7 +28,7 @@ from unityctl.core import alerts
 from unityctl.core.db import utcnow
 from unityctl.core.errors import NotFoundError, SSHError, UsageError
 from unityctl.infra.models import DatabaseInstance, MonitoredServer
-from unityctl.infra.probes.databases import DiscoveredDatabase, ProbeResult, discover, probe
+from unityctl.infra.probes.databases import DiscoveredDatabase, ProbeResult, discover, parse_binary_versions, probe
 from unityctl.infra.probes.sockets import parse_processes, parse_sockets
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -160,6 +160,7 @@ def apply_databases(session: Session, *, server: MonitoredServer, report: Collec
     Raises: nothing of its own.
     """
     found = discovered(report)
+    binary_versions = parse_binary_versions(report.db_versions_raw)
     rows = {r.key: r for r in session.exec(
         select(DatabaseInstance).where(DatabaseInstance.server_id == server.id)).all()}
     for db in found:
@@ -177,6 +178,11 @@ def apply_databases(session: Session, *, server: MonitoredServer, report: Collec
         result = probes.get(db.key)
         if result is not None:
             _store_result(row, result, now)
+        versions = binary_versions.get(row.kind, set())
+        if row.version is None and len(versions) == 1:
+            # PostgreSQL says nothing of its version before a login; its binary, asked on the
+            # server by collect.sh, does. Only when one binary of that kind runs (no guessing).
+            row.version = next(iter(versions))
         session.add(row)
         session.flush()
         if result is not None:

@@ -42,6 +42,10 @@
 #   sockets           ss -H -ltnpx | ss -ltnpx | netstat -lntpx | /proc/net/{tcp,tcp6,unix}
 #                     (the proc fallback prints "# /proc/net/FILE" before each file)
 #   processes         ps -e -o pid=,comm= | "PID COMM" lines read from /proc/*/comm
+#   db_versions       "COMM<TAB>EXE<TAB>first line of EXE --version" for each running database server
+#                     binary (postgres, mysqld, mariadbd, redis-server, mongod); PostgreSQL tells
+#                     no version on the wire before a login, its binary does. Needs /proc/PID/exe
+#                     to be readable (root, or the same user); otherwise the section is empty.
 #
 # smartctl, mdadm and zpool run directly as root; otherwise "sudo -n" is tried (it never
 # prompts), then the plain command. Slow tools run under "timeout" when it exists, so a hung
@@ -358,6 +362,20 @@ if [ "$PS_DONE" = 0 ]; then
         emit processes 127 " status=not-installed tool=ps"
     fi
 fi
+
+# --- db_versions --------------------------------------------------------------------------------
+OUT=$(for _d in /proc/[0-9]*; do
+    [ -r "$_d/comm" ] || continue
+    IFS= read -r _c < "$_d/comm" 2>/dev/null || continue
+    case "$_c" in postgres|postmaster|mysqld|mariadbd|redis-server|mongod) ;; *) continue ;; esac
+    _e=$(readlink "$_d/exe" 2>/dev/null) || continue
+    [ -n "$_e" ] && [ -x "$_e" ] && printf '%s\t%s\n' "$_c" "$_e"
+done 2>/dev/null | sort -u | while IFS="$(printf '\t')" read -r _c _e; do
+    if have timeout; then _v=$(timeout 5 "$_e" --version 2>/dev/null | head -n 1)
+    else _v=$("$_e" --version 2>/dev/null | head -n 1); fi
+    [ -n "$_v" ] && printf '%s\t%s\t%s\n' "$_c" "$_e" "$_v"
+done)
+emit db_versions 0 ""
 
 printf '@@unityctl:end@@\n'
 exit 0

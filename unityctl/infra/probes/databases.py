@@ -998,3 +998,47 @@ def probe(db: DiscoveredDatabase, timeout: float = 3.0, *,
     if db.kind == "mongodb":
         return probe_mongodb(target, port, timeout, sock=sock)
     raise UsageError(f"no probe for database kind {db.kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Versions reported by the server binaries (collect.sh section "db_versions")
+# ---------------------------------------------------------------------------------------------
+
+_BINARY_KIND = {"postgres": "postgresql", "postmaster": "postgresql", "mysqld": "mysql", "mariadbd": "mariadb",
+                "redis-server": "redis", "mongod": "mongodb"}
+_BINARY_VERSION = {
+    "postgresql": re.compile(r"\(PostgreSQL\)\s+(\d[\w.]*)"),
+    "mysql": re.compile(r"\bVer\s+(\d[\w.+-]*)"),
+    "mariadb": re.compile(r"\bVer\s+(\d[\w.+-]*)"),
+    "redis": re.compile(r"(?:v=|\s)(\d+\.\d+\.\d+)\b"),
+    "mongodb": re.compile(r"db version v(\d[\w.]*)"),
+}
+
+
+def parse_binary_versions(text: str | None) -> dict[str, set[str]]:
+    """Versions of the running database server binaries, by kind.
+
+    In: the ``db_versions`` section: ``COMM<TAB>EXE<TAB>first line of EXE --version`` per line.
+    Out: {kind: {version, ...}} (MySQL/MariaDB normalised like a greeting); lines that do not
+    parse are ignored (never raises). Used where the wire tells nothing before a login
+    (PostgreSQL): the collector runs on the server itself, so the binary's own answer is exact.
+    """
+    found: dict[str, set[str]] = {}
+    for line in (text or "").splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3:
+            continue
+        comm, _exe, answer = parts
+        kind = _BINARY_KIND.get(comm.strip())
+        match = _BINARY_VERSION[kind].search(answer) if kind else None
+        if kind is None or match is None:
+            continue
+        version = match.group(1)
+        if kind in ("mysql", "mariadb"):
+            try:
+                kind, version = normalise_mysql_version(version if "mariadb" not in answer.lower()
+                                                        else f"{version}-MariaDB")
+            except ParseError:
+                continue
+        found.setdefault(kind, set()).add(version)
+    return found

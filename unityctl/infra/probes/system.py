@@ -337,6 +337,7 @@ class CollectionReport:
     zpool_status: zf.ZpoolStatusReport | None = None
     sockets_raw: str | None = None
     processes_raw: str | None = None
+    db_versions_raw: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -443,6 +444,8 @@ def parse_collection(text: str | bytes) -> CollectionReport:
         report.sockets_raw = sec.text
     if (sec := secs.get("processes")) is not None and sec.ran:
         report.processes_raw = sec.text
+    if (sec := secs.get("db_versions")) is not None and sec.ran:
+        report.db_versions_raw = sec.text
     return report
 
 
