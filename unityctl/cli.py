@@ -81,8 +81,10 @@ def root(
     if verbose or debug:
         import logging
 
-        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
-                            format="%(levelname)s %(name)s: %(message)s")
+        # Only unityctl's own loggers get chatty: libraries' debug output (SQL with its parameters,
+        # SSH transport chatter, certbot's ACME exchanges) stays at warnings.
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("unityctl").setLevel(logging.DEBUG if debug else logging.INFO)
 
 
 app.command()(system.init)

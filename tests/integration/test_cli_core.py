@@ -280,3 +280,18 @@ def test_data_goes_to_stdout_and_messages_to_stderr(icli: CLI) -> None:
     assert verified.stdout == "" and "intact" in verified.stderr
     listed = icli("alerts", "channels", "list")
     assert "hook" in listed.stdout
+
+
+def test_debug_output_never_shows_a_channels_secret_even_when_delivery_fails(icli) -> None:  # type: ignore[no-untyped-def]
+    """--debug turns on unityctl's debug logs; the webhook token must still appear nowhere,
+    neither when the channel is added nor when a delivery to a dead port fails and is logged."""
+    token = "tok-3f9a1c-super-secret"
+    url = f"http://127.0.0.1:9/hook?token={token}"
+    added = icli("--debug", "alerts", "channels", "add", "ops", "--webhook", url, "--min-severity", "info")
+    assert added.code == 0, added.stderr
+    tested = icli("--debug", "alerts", "channels", "test", "ops")
+    assert tested.code != 0
+    listed = icli("--debug", "alerts", "channels", "list", "--json")
+    logged = icli("--debug", "alerts", "log", "--json")
+    for result in (added, tested, listed, logged):
+        assert token not in result.stdout + result.stderr
