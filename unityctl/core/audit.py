@@ -141,6 +141,9 @@ class VerifyResult:
     rows: int
     first_bad_seq: int | None = None
     reason: str = ""
+    # Where a verified stretch of the chain ends, for the next stretch to continue from.
+    last_seq: int = 0
+    last_mac: str = GENESIS_MAC
 
 
 def _check_chain(rows: Iterable[AuditEntry], key: bytes, *, prev_mac: str, next_seq: int) -> VerifyResult:
@@ -159,7 +162,7 @@ def _check_chain(rows: Iterable[AuditEntry], key: bytes, *, prev_mac: str, next_
                                 f"row seq {row.seq} ({row.action} {row.object_type}/{row.object_id}) was "
                                 "edited: its MAC does not match")
         prev_mac, next_seq = row.mac, row.seq + 1
-    return VerifyResult(True, count)
+    return VerifyResult(True, count, last_seq=next_seq - 1, last_mac=prev_mac)
 
 
 def verify(session: Session, keyring: Keyring, *, archives: list[Path] | None = None) -> VerifyResult:
@@ -178,9 +181,7 @@ def verify(session: Session, keyring: Keyring, *, archives: list[Path] | None = 
                 result.reason = f"{path.name}: {result.reason}"
                 result.rows = total
                 return result
-            last = list(read_archive(path))[-1] if result.rows else None
-            if last is not None:
-                prev_mac, next_seq = last.mac, last.seq + 1
+            prev_mac, next_seq = result.last_mac, result.last_seq + 1
         if anchor is not None and (next_seq - 1, prev_mac) != (anchor.last_seq, anchor.last_mac):
             return VerifyResult(False, total, anchor.last_seq,
                                 f"the archives end at seq {next_seq - 1}, the table continues after seq "
@@ -195,11 +196,10 @@ def verify(session: Session, keyring: Keyring, *, archives: list[Path] | None = 
     head_row = session.get(Meta, HEAD_KEY)
     if head_row is not None:
         head = json.loads(head_row.value)
-        last_seq, last_mac = (rows[-1].seq, rows[-1].mac) if rows else (next_seq - 1, prev_mac)
-        if int(head["seq"]) != last_seq or head["mac"] != last_mac:
+        if int(head["seq"]) != result.last_seq or head["mac"] != result.last_mac:
             return VerifyResult(False, result.rows, int(head["seq"]),
                                 f"the newest rows are missing: the chain's head is seq {head['seq']}, "
-                                f"the table ends at seq {last_seq}")
+                                f"the table ends at seq {result.last_seq}")
     return result
 
 
