@@ -18,6 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Shared, noisy machines: a slow example is not a failure. Tests that want fewer examples say so.
+settings.register_profile("unityctl", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("unityctl")
 
 pytest_plugins = ["tests.support.sshd", "tests.support.pebble"]
 
