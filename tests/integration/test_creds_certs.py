@@ -558,3 +558,37 @@ def test_step_ca_set_without_a_root_file_downloads_the_root_and_keeps_it_only_if
 def test_step_ca_set_against_an_unreachable_ca_says_so(env) -> None:
     with pytest.raises(ProviderError, match="cannot download the root"), env.session() as s:
         stepca.set_config(s, env.keyring, url=f"https://127.0.0.1:{free_port()}", root_fingerprint="ab" * 32)
+
+
+def test_other_writers_are_not_locked_out_while_the_ca_works(env, db_url, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An ACME order can take a minute: during it, the daemon (another connection with little
+    patience) must still be able to write. The CA call is replaced by one that tries exactly that
+    and then fails like a refusing CA would."""
+    import sqlite3
+
+    import psycopg
+
+    from unityctl.creds import acme
+
+    wrote: list[str] = []
+
+    def impatient_write_then_refuse(req):  # type: ignore[no-untyped-def]
+        if db_url.startswith("sqlite"):
+            conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=0.5)
+            with conn:
+                conn.execute("INSERT INTO meta (key, value) VALUES ('probe', 'x')")
+            conn.close()
+        else:
+            base, _, query = db_url.partition("?")
+            schema = query.split("%3D", 1)[1]
+            with psycopg.connect(base.replace("postgresql+psycopg://", "postgresql://"), autocommit=True,
+                                 options=f"-csearch_path={schema} -clock_timeout=500") as conn:
+                conn.execute("INSERT INTO meta (key, value) VALUES ('probe', 'x')")
+        wrote.append("ok")
+        raise ProviderError("the CA refused: test")
+
+    monkeypatch.setattr(acme, "issue", impatient_write_then_refuse)
+    with pytest.raises(ProviderError):
+        with env.session(write=True) as session:
+            certificates.issue(session, env.keyring, domains=["slow.example.org"], server="https://127.0.0.1:9/dir")
+    assert wrote == ["ok"]

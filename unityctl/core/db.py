@@ -115,6 +115,15 @@ def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
         session.close()
 
 
+def release_locks(session: Session) -> None:
+    """End the session's transaction before a long call to the outside world (an ACME order can
+    take a minute), so it does not hold SQLite's write lock meanwhile; the next statement starts
+    a new one. Only for a unit of work that has written nothing yet: pending writes are a bug."""
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("release_locks() with unsaved changes: commit them deliberately first")
+    session.commit()
+
+
 def describe_db_error(exc: BaseException) -> str:
     """One line about a driver error, without the SQL statement or credentials."""
     orig = getattr(exc, "orig", None) or exc

@@ -31,7 +31,7 @@ from sqlmodel import Session, col, select
 
 from unityctl.core import audit
 from unityctl.core.crypto import Keyring
-from unityctl.core.db import utcnow
+from unityctl.core.db import release_locks, utcnow
 from unityctl.core.errors import (
     AlreadyExistsError,
     NotFoundError,
@@ -335,7 +335,9 @@ def issue(session: Session, keyring: Keyring, *, domains: Sequence[str], name: s
     else:
         request.update(server=acme.resolve_server(server), ca_bundle_pem=ca_bundle_pem or None)
     with _acme_request(session, domains, request) as req:
+        release_locks(session)
         issued = acme.issue(req)
+    _check_new_name(session, name)  # the database was free to others while the CA worked
     cert = Certificate(name=name, domains="[]", provider=provider, request=json.dumps(request),
                        not_before=issued.info.not_before, not_after=issued.info.not_after,
                        cert_pem=issued.cert_pem, endpoint=endpoint)
@@ -373,6 +375,7 @@ def _renew_one(session: Session, keyring: Keyring, cert: Certificate) -> RenewRe
     old_serial = cert.serial
     try:
         with _acme_request(session, json.loads(cert.domains), json.loads(cert.request)) as req:
+            release_locks(session)
             issued: IssuedCertificate = acme.renew(req)
     except UnityctlError as exc:
         audit.record(session, keyring, action="creds.certs.renew", object_type="certificate",
@@ -431,8 +434,7 @@ def renew(session: Session, keyring: Keyring, *, name: str | None = None, due: b
         else:
             results.append(_renew_one(session, keyring, cert))
             # Keep each renewal as soon as it is made: the CA has already issued it, and a later
-            # failure must not roll back its key. Committing also lets other writers in between
-            # two certbot runs (SQLite's write lock is not held across the whole batch).
+            # failure must not roll back its key.
             session.commit()
     return results
 
@@ -455,6 +457,7 @@ def revoke(session: Session, keyring: Keyring, *, name: str, reason: str = "unsp
         raise UsageError(f"certificate {name!r} was imported: revoke it with the CA that issued it")
     key_pem = private_key(session, keyring, cert)
     with _acme_request(session, json.loads(cert.domains), json.loads(cert.request)) as req:
+        release_locks(session)
         acme.revoke(req.server, cert.cert_pem + cert.chain_pem, key_pem, req.ca_bundle, reason=reason)
     cert.status = "revoked"
     session.add(cert)
