@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
     from sqlmodel import Session
 
     from unityctl.core.config import Settings
@@ -89,6 +89,13 @@ class AppContext:
             with session_scope(self.engine()) as session:
                 self._keyring = load_keyring(session, self.settings, passphrase=self.get_passphrase())
         return self._keyring
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A plain read connection, without the ORM: for hot read paths (`infra status`) that
+        should not pay SQLModel's import."""
+        with self.engine().connect() as conn:
+            yield conn
 
     @contextmanager
     def session(self, *, write: bool = False) -> Iterator[Session]:

@@ -12,13 +12,17 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import DateTime, event
+from sqlalchemy import DateTime, create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import Session, create_engine
+
+if TYPE_CHECKING:
+    # The ORM (SQLModel, pydantic) is imported only by code that opens a session: hot read paths
+    # such as `infra status` use a plain connection and start faster without it.
+    from sqlmodel import Session
 
 from unityctl.core.config import redact_url
 from unityctl.core.errors import DatabaseError
@@ -100,6 +104,8 @@ def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
 
     ``write=True`` takes SQLite's write lock at the start (see module docstring).
     """
+    from sqlmodel import Session
+
     bind = engine.execution_options(unityctl_write=True) if write else engine
     session = Session(bind=bind, expire_on_commit=False)
     try:
@@ -132,5 +138,5 @@ def describe_db_error(exc: BaseException) -> str:
 
 
 def is_postgres(session_or_engine: Session | Engine) -> bool:
-    bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
+    bind = session_or_engine.get_bind() if hasattr(session_or_engine, "get_bind") else session_or_engine
     return bind.dialect.name == "postgresql"

@@ -298,8 +298,8 @@ def status(ctx: typer.Context, json_: JsonOpt = False) -> None:
 
     a = app_ctx(ctx)
     out = a.output(json_)
-    with a.session() as session:
-        rows = fleet_status(session)
+    with a.connection() as conn:
+        rows = fleet_status(conn)
 
     def render(console: Any) -> None:
         def disks(d: dict[str, int]) -> str:
@@ -308,24 +308,13 @@ def status(ctx: typer.Context, json_: JsonOpt = False) -> None:
         def ratio(total: int, bad: int) -> str:
             return "-" if not total else f"{total}" + (f" ({bad} bad)" if bad else "")
 
-        if not rows:
-            out.note("no servers: add one with `unityctl infra servers add`")
-            return
-        from rich import box
-        from rich.table import Table
-
-        # A compact box: ten columns must fit 80 characters (a pipe or a cron mail).
-        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-        for column in ("server", "state", "load", "mem", "fs", "disks ok/w/f", "pools", "dbs", "seen",
-                       "alerts"):
-            table.add_column(column, no_wrap=column == "server")
-        for r in rows:
-            table.add_row(r["name"], r["state"], _num(r["load1"]), _pct(r["mem_percent"]),
-                          f"{_pct(r['fs_max_percent'])} {r['fs_max_mount'] or ''}".strip(), disks(r["disks"]),
-                          ratio(r["pools"]["total"], r["pools"]["not_ok"]),
-                          ratio(r["databases"]["total"], r["databases"]["unreachable"]),
-                          ago(r["last_seen_at"]).replace(" ago", ""), str(r["open_alerts"] or "-"))
-        console.print(table)
+        out.table(["server", "state", "load", "mem", "fs", "disks ok/w/f", "pools", "dbs", "seen", "alerts"],
+                  [(r["name"], r["state"], _num(r["load1"]), _pct(r["mem_percent"]),
+                    f"{_pct(r['fs_max_percent'])} {r['fs_max_mount'] or ''}".strip(), disks(r["disks"]),
+                    ratio(r["pools"]["total"], r["pools"]["not_ok"]),
+                    ratio(r["databases"]["total"], r["databases"]["unreachable"]),
+                    ago(r["last_seen_at"]).replace(" ago", ""), str(r["open_alerts"] or "-")) for r in rows],
+                  empty="no servers: add one with `unityctl infra servers add`")
 
     out.emit(rows, render)
 

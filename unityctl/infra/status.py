@@ -4,67 +4,76 @@ Everything here reads the servers' latest snapshot (kept on ``monitored_server``
 collector) plus grouped counts over disks, pools, databases and open alerts: a fixed handful of
 queries whatever the number of servers, and none over ``metric_sample``, so the cost does not
 grow with history.
+
+The queries are plain SQL on a connection (or a session: both have ``execute``), without the
+ORM classes: `infra status` is what people and scripts run most, and not importing SQLModel
+and the models saves a third of its start-up.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import func
-from sqlmodel import Session, col, select
+from sqlalchemy import text
 
-from unityctl.core.db import utcnow
-from unityctl.infra.models import DatabaseInstance, MonitoredServer, StorageDevice, StoragePool
+from unityctl.core.db import UTCDateTime, utcnow
 
 # Verdicts of StorageDevice as the status columns count them.
 _DISK_BUCKET = {"passed": "ok", "warn": "warn", "failed": "failed"}
+_ACTIVE_ALERTS = "state IN ('open', 'acknowledged')"
+
+_SERVERS = text(
+    "SELECT id, name, state, local, load1, cpu_count, mem_used_percent, fs_max_percent, fs_max_mount, "
+    "last_seen_at, last_error FROM monitored_server ORDER BY name"
+).columns(last_seen_at=UTCDateTime())
+_DISKS = text("SELECT server_id, verdict, count(*) FROM storage_device WHERE server_id IS NOT NULL "
+              "GROUP BY server_id, verdict")
+_POOLS = text("SELECT server_id, health, count(*) FROM storage_pool GROUP BY server_id, health")
+_DATABASES = text("SELECT server_id, reachable, count(*) FROM database_instance GROUP BY server_id, reachable")
+_ALERTS = text(f"SELECT source_type, source_id, count(*) FROM alert WHERE {_ACTIVE_ALERTS} "
+               "GROUP BY source_type, source_id")
+# Which server owns each disk, pool and database (alerts name those, not the server).
+_OWNERS = text(
+    "SELECT 'storage_device', id, server_id FROM storage_device WHERE server_id IS NOT NULL "
+    "UNION ALL SELECT 'storage_pool', id, server_id FROM storage_pool "
+    "UNION ALL SELECT 'database_instance', id, server_id FROM database_instance"
+)
 
 
-def status_summary(session: Session) -> dict[str, Any]:
+class Executes(Protocol):
+    """A Session or a Connection: anything that runs a statement."""
+
+    def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def status_summary(db: Executes) -> dict[str, Any]:
     """Counts for `unityctl status`: servers (up/down), disks failing or warned, pools not ok,
     databases unreachable."""
-    count = lambda q: int(session.exec(q).one() or 0)  # noqa: E731
-    by_state = dict(session.exec(select(MonitoredServer.state, func.count())
-                                 .group_by(MonitoredServer.state)).all())
-    by_verdict = dict(session.exec(select(StorageDevice.verdict, func.count())
-                                   .where(col(StorageDevice.server_id).is_not(None))
-                                   .group_by(StorageDevice.verdict)).all())
+    by_state = {state: int(n) for state, n in db.execute(
+        text("SELECT state, count(*) FROM monitored_server GROUP BY state")).all()}
+    by_verdict = {verdict: int(n) for verdict, n in db.execute(
+        text("SELECT verdict, count(*) FROM storage_device WHERE server_id IS NOT NULL GROUP BY verdict")).all()}
+    pools_not_ok = db.execute(text("SELECT count(*) FROM storage_pool WHERE health <> 'ok'")).scalar()
+    unreachable = db.execute(text("SELECT count(*) FROM database_instance WHERE reachable = :no"),
+                             {"no": False}).scalar()
     return {
-        "servers": int(sum(by_state.values())),
-        "up": int(by_state.get("up", 0)),
-        "down": int(by_state.get("down", 0)),
-        "disks_failing": int(by_verdict.get("failed", 0)),
-        "disks_warn": int(by_verdict.get("warn", 0)),
-        "pools_not_ok": count(select(func.count()).select_from(StoragePool).where(StoragePool.health != "ok")),
-        "databases_unreachable": count(select(func.count()).select_from(DatabaseInstance)
-                                       .where(col(DatabaseInstance.reachable).is_(False))),
+        "servers": sum(by_state.values()),
+        "up": by_state.get("up", 0),
+        "down": by_state.get("down", 0),
+        "disks_failing": by_verdict.get("failed", 0),
+        "disks_warn": by_verdict.get("warn", 0),
+        "pools_not_ok": int(pools_not_ok or 0),
+        "databases_unreachable": int(unreachable or 0),
     }
 
 
-def _alerts_per_server(session: Session) -> dict[int, int]:
+def _alerts_per_server(db: Executes) -> dict[int, int]:
     """Open alerts per server id: the server's own and those of its disks, pools and databases."""
-    from unityctl.core.alerts import ACTIVE
-    from unityctl.core.models import Alert
-
-    rows = session.exec(select(Alert.source_type, Alert.source_id, func.count())
-                        .where(col(Alert.state).in_(ACTIVE))
-                        .group_by(Alert.source_type, Alert.source_id)).all()
-    owners: dict[str, Any] = {"storage_device": StorageDevice, "storage_pool": StoragePool,
-                              "database_instance": DatabaseInstance}
-    wanted: dict[str, set[int]] = defaultdict(set)
-    for stype, sid, _n in rows:
-        if stype in owners and str(sid).isdigit():
-            wanted[stype].add(int(sid))
-    owner_of: dict[tuple[str, int], int] = {}
-    for stype, ids in wanted.items():
-        model = owners[stype]
-        for oid, server_id in session.exec(select(model.id, model.server_id).where(col(model.id).in_(ids))).all():
-            if server_id is not None:
-                owner_of[(stype, int(oid))] = int(server_id)
+    owner_of = {(stype, int(oid)): int(server_id) for stype, oid, server_id in db.execute(_OWNERS).all()}
     result: dict[int, int] = defaultdict(int)
-    for stype, sid, n in rows:
+    for stype, sid, n in db.execute(_ALERTS).all():
         if not str(sid).isdigit():
             continue
         if stype == "monitored_server":
@@ -74,38 +83,26 @@ def _alerts_per_server(session: Session) -> dict[int, int]:
     return dict(result)
 
 
-def fleet_status(session: Session, *, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+def fleet_status(db: Executes, *, now: dt.datetime | None = None) -> list[dict[str, Any]]:
     """One row per server: state, load, memory %, fullest filesystem, disks ok/warn/failed,
     pools/arrays (total and not ok), databases (total and unreachable), last seen, open alerts."""
     now = now or utcnow()
-    servers = session.exec(select(MonitoredServer.id, MonitoredServer.name, MonitoredServer.state,
-                                  MonitoredServer.local, MonitoredServer.load1, MonitoredServer.cpu_count,
-                                  MonitoredServer.mem_used_percent, MonitoredServer.fs_max_percent,
-                                  MonitoredServer.fs_max_mount, MonitoredServer.last_seen_at,
-                                  MonitoredServer.last_error)
-                           .order_by(col(MonitoredServer.name))).all()
     disks: dict[int, dict[str, int]] = defaultdict(lambda: {"ok": 0, "warn": 0, "failed": 0, "other": 0})
-    for server_id, verdict, n in session.exec(select(StorageDevice.server_id, StorageDevice.verdict, func.count())
-                                              .where(col(StorageDevice.server_id).is_not(None))
-                                              .group_by(StorageDevice.server_id, StorageDevice.verdict)).all():
+    for server_id, verdict, n in db.execute(_DISKS).all():
         disks[int(server_id)][_DISK_BUCKET.get(verdict, "other")] += int(n)
     pools: dict[int, dict[str, int]] = defaultdict(lambda: {"total": 0, "not_ok": 0})
-    for server_id, health, n in session.exec(select(StoragePool.server_id, StoragePool.health, func.count())
-                                             .group_by(StoragePool.server_id, StoragePool.health)).all():
+    for server_id, health, n in db.execute(_POOLS).all():
         pools[int(server_id)]["total"] += int(n)
         if health != "ok":
             pools[int(server_id)]["not_ok"] += int(n)
     dbs: dict[int, dict[str, int]] = defaultdict(lambda: {"total": 0, "unreachable": 0})
-    for server_id, reachable, n in session.exec(select(DatabaseInstance.server_id, DatabaseInstance.reachable,
-                                                       func.count())
-                                                .group_by(DatabaseInstance.server_id,
-                                                          DatabaseInstance.reachable)).all():
+    for server_id, reachable, n in db.execute(_DATABASES).all():
         dbs[int(server_id)]["total"] += int(n)
-        if reachable is False:
+        if reachable is not None and not reachable:
             dbs[int(server_id)]["unreachable"] += int(n)
-    open_alerts = _alerts_per_server(session)
+    open_alerts = _alerts_per_server(db)
     rows = []
-    for (sid, name, state, local, load1, cpus, mem, fs, fs_mount, last_seen, last_error) in servers:
+    for (sid, name, state, local, load1, cpus, mem, fs, fs_mount, last_seen, last_error) in db.execute(_SERVERS):
         rows.append({
             "name": name, "id": sid, "state": state, "local": bool(local),
             "load1": load1, "cpu_count": cpus, "mem_percent": mem,
