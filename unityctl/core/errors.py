@@ -76,6 +76,18 @@ class SSHError(UnityctlError):
     """An SSH connection or remote command failed."""
 
 
+class SSHAuthenticationError(SSHError):
+    """The server refused the supplied key/password (or certificate) for the user."""
+
+
+class SSHConnectionError(SSHError):
+    """The server could not be reached: connection refused, no route, jump host could not forward."""
+
+
+class SSHTimeoutError(SSHError):
+    """The server did not answer in time (TCP connect, SSH banner, authentication or command)."""
+
+
 class HostKeyError(SSHError):
     """A server presented a host key different from the pinned one (possible man-in-the-middle)."""
 

@@ -37,7 +37,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from unityctl.core.errors import HostKeyError, RemoteCommandError, SSHError, UsageError
+from unityctl.core.errors import (HostKeyError, RemoteCommandError, SSHAuthenticationError, SSHConnectionError,
+                                  SSHError, SSHTimeoutError, UsageError)
 
 if TYPE_CHECKING:  # pragma: no cover - type-only imports keep start-up fast
     import fabric
@@ -57,22 +58,6 @@ __all__ = [
     "fingerprint_of",
     "load_private_key",
 ]
-
-
-# --- errors ------------------------------------------------------------------------------------
-# Subclasses of the shared SSHError; they live here because only this adapter raises them.
-
-
-class SSHAuthenticationError(SSHError):
-    """The server refused the supplied key/password (or certificate) for the user."""
-
-
-class SSHConnectionError(SSHError):
-    """The server could not be reached: connection refused, no route, jump host could not forward."""
-
-
-class SSHTimeoutError(SSHError):
-    """The server did not answer in time (TCP connect, SSH banner, authentication or command)."""
 
 
 # --- targets and results -----------------------------------------------------------------------
