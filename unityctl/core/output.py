@@ -132,10 +132,9 @@ class Output:
             self.err.print(message, markup=False, highlight=False)
 
     def success(self, message: str) -> None:
-        if not self.quiet and not self.json_mode:
-            self.err.print(message, markup=False, style="green")
-        elif not self.quiet:
-            self.err.print(message, markup=False)
+        """A confirmation on stderr (hidden by --quiet); green for people, plain beside --json."""
+        if not self.quiet:
+            self.err.print(message, markup=False, style=None if self.json_mode else "green")
 
     def warn(self, message: str) -> None:
         self.err.print(f"warning: {message}", markup=False, style="yellow")
