@@ -58,7 +58,7 @@ BAD_FILES = {
     "unknown section": ("databse:\n  url: sqlite:////tmp/x.db\n", "databse: unknown key", "(line 1 "),
     "wrong type": ("logging:\n  level: info\ninfra:\n  max_parallel: lots\n", "infra.max_parallel:", "(line 4 "),
     "out of range": ("infra:\n  max_parallel: 0\n", "infra.max_parallel:", "(line 2 "),
-    "bad url": ("# the database\n\ndatabase:\n  url: nonsense\n", "database.url: must be a SQLAlchemy URL", "(line 4 "),
+    "bad url": ("# the database\n\ndatabase:\n  url: nonsense\n", "database.url: must be a URL such as sqlite:///path", "(line 4 "),
     "unsupported database": ("database:\n  url: mysql://u@h/db\n", "database.url: unsupported database", "(line 2 "),
     "bad duration": ("alerts:\n  repeat_after: soon\n", "alerts.repeat_after: not a duration: 'soon'", "(line 2 "),
     "bad list item": ("creds:\n  expiry_alert_days:\n    - 30\n    - soon\n", "creds.expiry_alert_days.1:", "(line 4 "),

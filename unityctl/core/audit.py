@@ -128,7 +128,7 @@ def record(session: Session, keyring: Keyring, *, action: str, object_type: str,
     except AuditError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure here must stop the change
-        from unityctl.core.db import describe_db_error
+        from unityctl.core.dburl import describe_db_error
 
         raise AuditError(f"cannot write the audit row for {action}: {describe_db_error(exc)}; "
                          "the change was not made") from None

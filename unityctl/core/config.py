@@ -2,7 +2,7 @@
 
 Precedence (highest first): command-line flag > ``UNITYCTL_*`` environment > config file > default.
 Every validation error is reported as one line naming the key path and the file line, e.g.
-``database.url: must be a SQLAlchemy URL such as sqlite:///path or postgresql+psycopg://... (line 3)``.
+``database.url: must be a URL such as sqlite:///path or postgresql+psycopg://user@host/db (line 3)``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class _Section(BaseModel):
 
 
 class DatabaseConfig(_Section):
-    url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
+    url: str | None = Field(default=None, description="database URL; default SQLite in data_dir")
     echo: bool = False
 
     @field_validator("url")
@@ -44,18 +44,9 @@ class DatabaseConfig(_Section):
     def _check_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
+        from unityctl.core import dburl
 
-        try:
-            url = make_url(value)
-        except ArgumentError:
-            raise ValueError("must be a SQLAlchemy URL such as sqlite:///path or postgresql+psycopg://user@host/db") from None
-        if url.get_backend_name() not in ("sqlite", "postgresql"):
-            raise ValueError(f"unsupported database {url.get_backend_name()!r}: use sqlite or postgresql+psycopg")
-        if url.get_backend_name() == "postgresql" and url.get_driver_name() not in ("psycopg", ""):
-            raise ValueError("PostgreSQL needs the psycopg 3 driver: postgresql+psycopg://...")
-        return value
+        return dburl.normalize(value)
 
 
 class MasterKeyConfig(_Section):

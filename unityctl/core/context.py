@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Engine
     from sqlmodel import Session
 
     from unityctl.core.config import Settings
     from unityctl.core.crypto import Keyring
     from unityctl.core.output import Output
+    from unityctl.core.readdb import ReadConnection
 
 
 @dataclass
@@ -91,10 +92,12 @@ class AppContext:
         return self._keyring
 
     @contextmanager
-    def connection(self) -> Iterator[Connection]:
-        """A plain read connection, without the ORM: for hot read paths (`infra status`) that
-        should not pay SQLModel's import."""
-        with self.engine().connect() as conn:
+    def connection(self) -> Iterator[ReadConnection]:
+        """A read-only connection on the driver alone (no SQLAlchemy), for hot read paths such as
+        `infra status`; see :mod:`unityctl.core.readdb`."""
+        from unityctl.core.readdb import open_read
+
+        with open_read(self.settings.database_url) as conn:
             yield conn
 
     @contextmanager

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     # such as `infra status` use a plain connection and start faster without it.
     from sqlmodel import Session
 
-from unityctl.core.config import redact_url
+from unityctl.core.dburl import describe_db_error
 from unityctl.core.errors import DatabaseError
 
 SQLITE_BUSY_TIMEOUT_MS = 15000
@@ -128,13 +128,6 @@ def release_locks(session: Session) -> None:
     if session.new or session.dirty or session.deleted:
         raise RuntimeError("release_locks() with unsaved changes: commit them deliberately first")
     session.commit()
-
-
-def describe_db_error(exc: BaseException) -> str:
-    """One line about a driver error, without the SQL statement or credentials."""
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-    return redact_url(text)
 
 
 def is_postgres(session_or_engine: Session | Engine) -> bool:

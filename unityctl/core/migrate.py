@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING, Any
 
 from unityctl.core.errors import MigrationError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -110,7 +111,7 @@ def require_head(engine: Engine) -> None:
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    from unityctl.core.db import describe_db_error
+    from unityctl.core.dburl import describe_db_error
     from unityctl.core.errors import DatabaseError
 
     try:
@@ -121,6 +122,11 @@ def require_head(engine: Engine) -> None:
                 current = None  # no alembic_version table: an empty database
     except Exception as exc:  # noqa: BLE001 - any driver failure here means "cannot reach the database"
         raise DatabaseError(f"cannot open the database: {describe_db_error(exc)}") from None
+    check_revision(current)
+
+
+def check_revision(current: str | None) -> None:
+    """MigrationError unless ``current`` (alembic_version's row, None when absent) is the shipped head."""
     if current is None:
         raise MigrationError("the database is empty: run `unityctl init` (or `unityctl db upgrade`)")
     head = shipped_head()

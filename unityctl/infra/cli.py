@@ -132,12 +132,13 @@ def servers_list(
 
 def _show_doc(session: Any, name: str) -> dict[str, Any]:
     from unityctl.core import alerts
+    from unityctl.core.readdb import ReadConnection
     from unityctl.infra import servers, status
 
     server = servers.get_server(session, name)
     cred = servers.credential_names(session, {server.credential_id} if server.credential_id else set())
     doc = servers.server_to_dict(server, credential=cred.get(server.credential_id or 0))
-    row = next((r for r in status.fleet_status(session) if r["id"] == server.id), {})
+    row = next((r for r in status.fleet_status(ReadConnection.of_session(session)) if r["id"] == server.id), {})
     doc["disks"], doc["pools"], doc["databases"] = row.get("disks"), row.get("pools"), row.get("databases")
     doc["open_alerts"] = [alerts.to_dict(x) for x in alerts.list_alerts(
         session, state="open", source=f"monitored_server/{server.id}")]
