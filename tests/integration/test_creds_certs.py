@@ -33,8 +33,9 @@ from sqlmodel import select
 from unityctl.core.errors import AlreadyExistsError, NotFoundError, ParseError, ProviderError, StateError
 from unityctl.core.models import Alert, AuditEntry
 from unityctl.creds import certificates, expiry, stepca
-from tests.support.tls import tls_server
 from unityctl.creds.models import Certificate, CertificateDeployment
+from tests.support.tls import tls_server
+from tests.support.writers import impatient_write
 
 UTC = dt.timezone.utc
 
@@ -564,26 +565,12 @@ def test_other_writers_are_not_locked_out_while_the_ca_works(env, db_url, monkey
     """An ACME order can take a minute: during it, the daemon (another connection with little
     patience) must still be able to write. The CA call is replaced by one that tries exactly that
     and then fails like a refusing CA would."""
-    import sqlite3
-
-    import psycopg
-
     from unityctl.creds import acme
 
     wrote: list[str] = []
 
     def impatient_write_then_refuse(req):  # type: ignore[no-untyped-def]
-        if db_url.startswith("sqlite"):
-            conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=0.5)
-            with conn:
-                conn.execute("INSERT INTO meta (key, value) VALUES ('probe', 'x')")
-            conn.close()
-        else:
-            base, _, query = db_url.partition("?")
-            schema = query.split("%3D", 1)[1]
-            with psycopg.connect(base.replace("postgresql+psycopg://", "postgresql://"), autocommit=True,
-                                 options=f"-csearch_path={schema} -clock_timeout=500") as conn:
-                conn.execute("INSERT INTO meta (key, value) VALUES ('probe', 'x')")
+        impatient_write(db_url, "probe")
         wrote.append("ok")
         raise ProviderError("the CA refused: test")
 

@@ -258,3 +258,33 @@ def test_sshd_log_lines_are_dated_by_iso_syslog_or_file_time():
     assert [w.isoformat() for _f, w in got] == ["2024-05-02T10:00:00+02:00", "2024-05-03T11:00:00+00:00",
                                                 "2023-11-14T22:13:20+00:00"]
     assert {f for f, _w in got} == {fp}
+
+
+def test_other_writers_are_not_locked_out_while_a_deploy_waits_on_ssh(env, db_url, sshd_servers, sshd_admin_key):
+    """A deploy can wait on slow servers for its whole connect timeout: meanwhile the daemon (an
+    impatient second writer) must still be able to write, and the deploy still records its rows."""
+    from sqlmodel import select
+
+    from unityctl.creds import keys
+    from unityctl.creds import servers as creds_servers
+    from unityctl.creds.models import KeyDeployment
+    from tests.support.writers import impatient_write
+
+    server = sshd_servers[0]
+    with env.session() as s:
+        keys.import_key(s, env.keyring, name="admin", data=sshd_admin_key.private_pem.encode())
+        keys.generate_key(s, env.keyring, name="new")
+        creds_servers.add_server(s, env.keyring, name=server.name, host=server.host, port=server.port,
+                                 user=server.user, key_name="admin")
+    wrote: list[str] = []
+
+    def write_meanwhile(name: str, _result) -> None:  # type: ignore[no-untyped-def]
+        impatient_write(db_url, f"probe-{name}")
+        wrote.append(name)
+
+    with env.session(write=True) as s:
+        [doc] = distribution.deploy_key(s, env.keyring, name="new", to=[server.name], on_result=write_meanwhile)
+    assert doc["status"] == "deployed", doc
+    assert wrote == [server.name]
+    with env.session(write=False) as s:
+        assert len(s.exec(select(KeyDeployment)).all()) == 1

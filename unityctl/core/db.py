@@ -28,6 +28,7 @@ from unityctl.core.dburl import describe_db_error
 from unityctl.core.errors import DatabaseError
 
 SQLITE_BUSY_TIMEOUT_MS = 15000
+_CHANGES_AT_BEGIN = "unityctl_changes_at_begin"
 # Set in ``session.info`` when a unit of work queued notifications, to deliver them after commit.
 NOTIFICATIONS_PENDING = "unityctl_notifications_pending"
 
@@ -78,6 +79,8 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(connection: Any) -> None:
         immediate = connection.get_execution_options().get("unityctl_write", False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # What release_if_unwritten() compares with: rows changed on this connection so far.
+        connection.info[_CHANGES_AT_BEGIN] = connection.connection.driver_connection.total_changes
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
@@ -128,6 +131,23 @@ def release_locks(session: Session) -> None:
     if session.new or session.dirty or session.deleted:
         raise RuntimeError("release_locks() with unsaved changes: commit them deliberately first")
     session.commit()
+
+
+def release_if_unwritten(session: Session) -> bool:
+    """End the session's transaction if it has written nothing yet, so that a long call to the
+    outside world (SSH to a fleet, with connect timeouts) does not hold SQLite's write lock and
+    stall the daemon's writers; the next statement takes the lock again. A transaction that has
+    written keeps it: committing half a unit of work is never right here. On PostgreSQL reads block
+    no writer, so nothing is done. Returns whether the transaction was ended."""
+    if session.new or session.dirty or session.deleted or not session.in_transaction():
+        return False
+    conn = session.connection()
+    if conn.dialect.name != "sqlite":
+        return False
+    if conn.connection.driver_connection.total_changes != conn.info.get(_CHANGES_AT_BEGIN):
+        return False
+    session.commit()
+    return True
 
 
 def is_postgres(session_or_engine: Session | Engine) -> bool:

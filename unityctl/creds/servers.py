@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 from unityctl.core import audit
 from unityctl.core.config import SSHConfig
 from unityctl.core.crypto import Keyring
-from unityctl.core.db import utcnow
+from unityctl.core.db import release_if_unwritten, utcnow
 from unityctl.core.errors import (AlreadyExistsError, HostKeyError, NotFoundError, SSHError, StateError,
                                   UsageError)
 from unityctl.core.ssh import SSHExecutor, Target, fingerprint_of
@@ -82,8 +82,12 @@ class DBHostKeyStore:
 
 @contextmanager
 def ssh_executor(session: Session, keyring: Keyring, *, max_sessions: int = 8) -> Iterator[SSHExecutor]:
-    """An executor pinning host keys in the database; pins are saved when the block ends."""
+    """An executor pinning host keys in the database; pins are saved when the block ends.
+
+    A unit of work that has written nothing yet lets go of SQLite's write lock for the SSH work
+    (see ``core.db.release_if_unwritten``): what it writes afterwards starts a new transaction."""
     store = DBHostKeyStore(session)
+    release_if_unwritten(session)
     executor = SSHExecutor(host_keys=store, max_sessions=max_sessions)
     try:
         yield executor
