@@ -14,7 +14,7 @@ MODEL_MODULES = [
     "unityctl.infra.models",
 ]
 
-# Each module has `status_summary(session) -> dict` (plain data for `unityctl status`).
+# Each module has `status_summary(db: core.readdb.ReadConnection) -> dict` (plain data for `unityctl status`).
 STATUS_PROVIDERS: list[tuple[str, str]] = [
     ("creds", "unityctl.creds.status"),
     ("infra", "unityctl.infra.status"),

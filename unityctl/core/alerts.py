@@ -20,14 +20,12 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from unityctl.core.alert_states import ACTIVE, SEVERITIES, STATES
 from unityctl.core.config import AlertsConfig
 from unityctl.core.db import utcnow
 from unityctl.core.errors import NotFoundError, UsageError
 from unityctl.core.models import Alert
 
-SEVERITIES = ("info", "warning", "critical")
-STATES = ("open", "acknowledged", "resolved")
-ACTIVE = ("open", "acknowledged")
 
 
 def severity_rank(severity: str) -> int:
@@ -164,14 +162,6 @@ def resolve(session: Session, alert_id: int) -> Alert:
         return alert
     cleared = clear_alert(session, dedup_key=alert.dedup_key)
     return cleared or alert
-
-
-def counts_by_severity(session: Session) -> dict[str, int]:
-    """Open (or acknowledged) alerts per severity, every severity present."""
-    counts = {s: 0 for s in SEVERITIES}
-    for alert in session.exec(select(Alert).where(col(Alert.state).in_(ACTIVE))).all():
-        counts[alert.severity] = counts.get(alert.severity, 0) + 1
-    return counts
 
 
 def to_dict(alert: Alert) -> dict[str, Any]:

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from unityctl.core.alert_states import ACTIVE_SQL
 from unityctl.core.readdb import ReadConnection, utc
-
-if TYPE_CHECKING:
-    from sqlmodel import Session
 
 # Verdicts of StorageDevice as the status columns count them.
 _DISK_BUCKET = {"passed": "ok", "warn": "warn", "failed": "failed"}
-_ACTIVE_ALERTS = "state IN ('open', 'acknowledged')"
 
 _SERVERS = ("SELECT id, name, state, local, load1, cpu_count, mem_used_percent, fs_max_percent, fs_max_mount, "
             "last_seen_at, last_error FROM monitored_server ORDER BY name")
@@ -31,7 +28,7 @@ _DISKS = ("SELECT server_id, verdict, count(*) FROM storage_device WHERE server_
           "GROUP BY server_id, verdict")
 _POOLS = "SELECT server_id, health, count(*) FROM storage_pool GROUP BY server_id, health"
 _DATABASES = "SELECT server_id, reachable, count(*) FROM database_instance GROUP BY server_id, reachable"
-_ALERTS = (f"SELECT source_type, source_id, count(*) FROM alert WHERE {_ACTIVE_ALERTS} "
+_ALERTS = (f"SELECT source_type, source_id, count(*) FROM alert WHERE {ACTIVE_SQL} "
            "GROUP BY source_type, source_id")
 # Which server owns each disk, pool and database (alerts name those, not the server).
 _OWNERS = ("SELECT 'storage_device', id, server_id FROM storage_device WHERE server_id IS NOT NULL "
@@ -39,10 +36,9 @@ _OWNERS = ("SELECT 'storage_device', id, server_id FROM storage_device WHERE ser
            "UNION ALL SELECT 'database_instance', id, server_id FROM database_instance")
 
 
-def status_summary(session: Session) -> dict[str, Any]:
+def status_summary(db: ReadConnection) -> dict[str, Any]:
     """Counts for `unityctl status`: servers (up/down), disks failing or warned, pools not ok,
     databases unreachable."""
-    db = ReadConnection.of_session(session)
     by_state = {state: int(n) for state, n in db.rows("SELECT state, count(*) FROM monitored_server GROUP BY state")}
     by_verdict = {verdict: int(n) for verdict, n in db.rows(
         "SELECT verdict, count(*) FROM storage_device WHERE server_id IS NOT NULL GROUP BY verdict")}

@@ -55,8 +55,8 @@ def status(ctx: typer.Context, json_: JsonOpt = False) -> None:
 
     app = app_ctx(ctx)
     out = app.output(json_)
-    with app.session() as session:
-        doc = summary(session, database_url=app.settings.database_url)
+    with app.connection() as db:
+        doc = summary(db, database_url=app.settings.database_url)
 
     def render(console: object) -> None:
         counts = doc["alerts"]["open"]
