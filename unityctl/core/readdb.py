@@ -40,7 +40,8 @@ class ReadConnection:
 
     @classmethod
     def of_session(cls, session: Session) -> ReadConnection:
-        """The driver connection under an ORM session, inside the session's transaction."""
+        """The driver connection under an ORM session, inside the session's transaction. It does
+        not flush the session: objects added but not yet flushed are not seen."""
         return cls(session.connection().connection.driver_connection)
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
