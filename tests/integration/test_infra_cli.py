@@ -27,6 +27,8 @@ def _creds_login(name: str, host: str, port: int, user: str, private_pem: str | 
 def test_adding_localhost_collecting_and_status_json_describe_this_machine(icli):
     r = icli("infra", "servers", "add", "localhost", "--local", "--interval", "5m", "--tag", "home")
     assert r.code == 0, r.stderr
+    # Into a pipe or a log, a message is one line, however long (no wrapping at 80 columns).
+    assert "collect it now with `unityctl infra collect localhost`" in r.stderr.splitlines()[0]
     r = icli("infra", "servers", "add", "localhost", "--local", "--if-missing")
     assert r.code == 0, r.stderr
     r = icli("infra", "collect", "--all")

@@ -74,8 +74,9 @@ class Output:
             from rich.console import Console
 
             color = _color_wanted(sys.stderr, self.no_color)
+            # Into a log or a pipe, a message stays one line (no wrapping at 80 columns).
             self._err = Console(file=sys.stderr, color_system="auto" if color else None, no_color=not color,
-                                highlight=False, emoji=False)
+                                highlight=False, soft_wrap=not sys.stderr.isatty(), emoji=False)
         return self._err
 
     @property
