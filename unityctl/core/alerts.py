@@ -27,7 +27,6 @@ from unityctl.core.errors import NotFoundError, UsageError
 from unityctl.core.models import Alert
 
 
-
 def severity_rank(severity: str) -> int:
     try:
         return SEVERITIES.index(severity)

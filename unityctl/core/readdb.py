@@ -1,7 +1,7 @@
 """A read-only connection for hot read paths, on the driver itself (sqlite3 or psycopg).
 
-`unityctl infra status` is what people and scripts run most. Through SQLAlchemy its start-up
-cost about 0.35 s before the first query on PostgreSQL (SQLAlchemy Core, its PostgreSQL
+`unityctl infra status` and `unityctl status` are what people and scripts run most. Through
+SQLAlchemy their start-up cost about 0.3 s more before the first query on PostgreSQL (SQLAlchemy Core, its PostgreSQL
 dialects, asyncio for one of them); the status itself is a handful of grouped queries taking a
 few milliseconds. So read paths like it take plain SQL (no bind parameters, portable between
 SQLite and PostgreSQL) through :class:`ReadConnection`:
@@ -10,7 +10,7 @@ SQLite and PostgreSQL) through :class:`ReadConnection`:
   revision like every other command, and reads in one snapshot (SQLite: one read transaction;
   PostgreSQL: REPEATABLE READ, READ ONLY);
 * :meth:`ReadConnection.of_session` runs the same code inside an ORM session's transaction, for
-  commands that already have one open (``unityctl status``, ``infra show``).
+  commands that already have one open (``infra show``).
 
 Rows are tuples. Timestamps come back as SQLite text or PostgreSQL datetimes: :func:`utc` turns
 either into an aware UTC datetime, as ``core.db.UTCDateTime`` does for the ORM.
