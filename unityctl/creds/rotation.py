@@ -44,7 +44,7 @@ from sqlmodel import Session, col, select
 from unityctl.core import audit
 from unityctl.core.config import SSHConfig
 from unityctl.core.crypto import Keyring
-from unityctl.core.db import is_postgres, session_scope, utcnow
+from unityctl.core.db import is_postgres, release_if_unwritten, session_scope, utcnow
 from unityctl.core.errors import SSHError, StateError, UnityctlError, UsageError
 from unityctl.core.models import Meta
 from unityctl.core.ssh import SSHAuthenticationError, SSHExecutor, Target
@@ -449,6 +449,7 @@ def _dry_run(session: Session, keyring: Keyring, key: SSHKey, servers: list[str]
         edits[server.name] = (lambda o: lambda c: ak.remove(ak.add(c, new_public, key_name=new_name, options=o),
                                                             fingerprint=old.fingerprint))(opts)
     store = servers_svc.DBHostKeyStore(session)
+    release_if_unwritten(session)  # a dry run writes nothing: no lock held over the SSH work
     with SSHExecutor(host_keys=store) as ex:
         raw = ex.run_many(list(targets.values()),
                           lambda e, t: distribution.apply_edit(e, t, edits[t.label], dry_run=True),

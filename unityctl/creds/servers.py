@@ -308,6 +308,7 @@ def trust_server(session: Session, keyring: Keyring, *, name: str, fingerprint: 
     target = target_for(session, keyring, server, ssh=ssh)
     base = DBHostKeyStore(session)
     store = _TrustStore(base, server.host, server.port)
+    release_if_unwritten(session)
     login_error = None
     with SSHExecutor(host_keys=store) as executor:
         try:
