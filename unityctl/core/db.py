@@ -11,11 +11,10 @@ import datetime as dt
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import DateTime, create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.types import TypeDecorator
 
@@ -24,10 +23,9 @@ if TYPE_CHECKING:
     # such as `infra status` use a plain connection and start faster without it.
     from sqlmodel import Session
 
-from unityctl.core.dburl import describe_db_error
+from unityctl.core import dburl
 from unityctl.core.errors import DatabaseError
 
-SQLITE_BUSY_TIMEOUT_MS = 15000
 _CHANGES_AT_BEGIN = "unityctl_changes_at_begin"
 # Set in ``session.info`` when a unit of work queued notifications, to deliver them after commit.
 NOTIFICATIONS_PENDING = "unityctl_notifications_pending"
@@ -71,7 +69,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={int(dburl.SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
@@ -85,16 +83,16 @@ def _configure_sqlite(engine: Engine) -> None:
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     """Create the process's engine for ``url``; creates the SQLite file's directory (0700)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            file = Path(parsed.database).expanduser()
+    parsed = dburl.parse(url)
+    if parsed.backend == "sqlite":
+        if not parsed.in_memory:
+            file = parsed.sqlite_path
             if not file.parent.exists():
                 file.parent.mkdir(parents=True, mode=0o700)
             if not file.exists():
                 # Created private from the start: it holds (encrypted) secrets and the audit log.
                 os.close(os.open(file, os.O_WRONLY | os.O_CREAT, 0o600))
-        engine = create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+        engine = create_engine(url, echo=echo, connect_args={"timeout": dburl.SQLITE_BUSY_TIMEOUT_S,
                                                              "check_same_thread": False})
         _configure_sqlite(engine)
         return engine
@@ -116,7 +114,7 @@ def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
         session.commit()
     except OperationalError as exc:
         session.rollback()
-        raise DatabaseError(f"database error: {describe_db_error(exc)}") from None
+        raise DatabaseError(f"database error: {dburl.describe_db_error(exc)}") from None
     except BaseException:
         session.rollback()
         raise

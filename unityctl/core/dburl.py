@@ -17,6 +17,8 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 _EXAMPLES = "sqlite:///path or postgresql+psycopg://user@host/db"
+# How long a SQLite connection waits for another writer's lock, on the engine and on the read path.
+SQLITE_BUSY_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)

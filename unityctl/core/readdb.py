@@ -24,12 +24,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from unityctl.core import dburl
-from unityctl.core.errors import DatabaseError, MigrationError
+from unityctl.core.errors import DatabaseError
+from unityctl.core.migrate import check_revision
 
 if TYPE_CHECKING:
     from sqlmodel import Session
-
-SQLITE_BUSY_TIMEOUT_S = 15.0  # as core.db's engines
 
 
 class ReadConnection:
@@ -72,19 +71,17 @@ def utc(value: dt.datetime | str | None) -> dt.datetime | None:
 def open_read(url: str) -> Iterator[ReadConnection]:
     """A read-only connection to the database at ``url``, checked to be at the shipped schema head."""
     parsed = dburl.parse(url)
+    if parsed.backend == "sqlite" and (parsed.in_memory or not parsed.sqlite_path.exists()):
+        check_revision(None)  # an empty database; never created here, a read leaves nothing behind
     connect = _connect_sqlite if parsed.backend == "sqlite" else _connect_postgres
     try:
         conn = connect(parsed)
-    except (DatabaseError, MigrationError):
-        raise
     except Exception as exc:  # noqa: BLE001 - any driver failure here means "cannot reach the database"
         raise DatabaseError(f"cannot open the database: {dburl.describe_db_error(exc)}") from None
     try:
         reader = ReadConnection(conn)
         _check_schema(reader, parsed)
         yield reader
-    except (DatabaseError, MigrationError):
-        raise
     except _driver_errors(parsed) as exc:
         raise DatabaseError(f"database error: {dburl.describe_db_error(exc)}") from None
     finally:
@@ -94,13 +91,7 @@ def open_read(url: str) -> Iterator[ReadConnection]:
 def _connect_sqlite(url: dburl.DatabaseURL) -> Any:
     import sqlite3
 
-    if url.in_memory:
-        raise MigrationError("the database is empty: run `unityctl init` (or `unityctl db upgrade`)")
-    path = url.sqlite_path
-    if not path.exists():
-        # Never create it here: a read must not leave an empty database behind.
-        raise MigrationError("the database is empty: run `unityctl init` (or `unityctl db upgrade`)")
-    conn = sqlite3.connect(str(path), timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None)
+    conn = sqlite3.connect(str(url.sqlite_path), timeout=dburl.SQLITE_BUSY_TIMEOUT_S, isolation_level=None)
     conn.execute("PRAGMA query_only = ON")
     conn.execute("BEGIN")  # one read snapshot for every query of the command (WAL: writers go on)
     return conn
@@ -116,8 +107,6 @@ def _connect_postgres(url: dburl.DatabaseURL) -> Any:
 
 
 def _check_schema(reader: ReadConnection, url: dburl.DatabaseURL) -> None:
-    from unityctl.core.migrate import check_revision
-
     try:
         current = reader.scalar("SELECT version_num FROM alembic_version")
     except _driver_errors(url) as exc:
