@@ -6,21 +6,23 @@ command still holding SQLite's write lock (or a PostgreSQL lock on ``meta``) mak
 
 from __future__ import annotations
 
+from unityctl.core import dburl
+
 
 def impatient_write(db_url: str, key: str) -> None:
     """Insert ``meta(key, 'x')`` within 0.5 s or raise the driver's lock error."""
-    if db_url.startswith("sqlite"):
+    url = dburl.parse(db_url)
+    if url.backend == "sqlite":
         import sqlite3
 
-        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=0.5)
+        conn = sqlite3.connect(str(url.sqlite_path), timeout=0.5)
         with conn:
             conn.execute("INSERT INTO meta (key, value) VALUES (?, 'x')", (key,))
         conn.close()
         return
     import psycopg
 
-    base, _, query = db_url.partition("?")
-    schema = query.split("%3D", 1)[1]
-    with psycopg.connect(base.replace("postgresql+psycopg://", "postgresql://"), autocommit=True,
-                         options=f"-csearch_path={schema} -clock_timeout=500") as conn:
+    kwargs = url.connect_kwargs()
+    kwargs["options"] = f"{kwargs.get('options', '')} -clock_timeout=500".strip()  # keeps the test's search_path
+    with psycopg.connect(autocommit=True, **kwargs) as conn:  # type: ignore[arg-type]
         conn.execute("INSERT INTO meta (key, value) VALUES (%s, 'x')", (key,))
